@@ -1,0 +1,104 @@
+"""The agent's `tether.conf`: INI sections `[global]`, `[web]`, `[cloud]`,
+`[directories]`, keys with spaces as in the reference (`run as user`).
+
+Every Tether command on the node reads it through here, so the claim command
+and the link see the same `[cloud] proxy`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+from pathlib import Path
+
+from tether.atomic import write_atomic
+
+DEFAULTS: dict[str, dict[str, str]] = {
+    "global": {
+        "run as user": "",
+        "update every": "1",
+        "hostname": "",
+        "history seconds": "3600",
+    },
+    "web": {
+        "bind to": "*",
+        "default port": "19999",
+        "allow connections from": "*",
+    },
+    "cloud": {
+        "proxy": "none",
+    },
+    "directories": {},
+}
+
+
+class ConfigError(Exception):
+    """tether.conf cannot be read; the message names the file and the line."""
+
+
+class AgentConfig:
+    def __init__(self, parser: configparser.ConfigParser, path: Path | None) -> None:
+        self._parser = parser
+        self.path = path
+
+    def get(self, section: str, key: str, fallback: str | None = None) -> str:
+        if self._parser.has_option(section, key):
+            return self._parser.get(section, key).strip()
+        if fallback is not None:
+            return fallback
+        return DEFAULTS.get(section, {}).get(key, "")
+
+    def get_int(self, section: str, key: str) -> int:
+        raw = self.get(section, key)
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{self.path}: [{section}] {key} = {raw!r} is not a whole number"
+            ) from exc
+
+    def set(self, section: str, key: str, value: str) -> None:
+        if not self._parser.has_section(section):
+            self._parser.add_section(section)
+        self._parser.set(section, key, value)
+
+    def render(self) -> str:
+        """The effective configuration, defaults included, as INI text."""
+        out = io.StringIO()
+        for section in sorted(set(DEFAULTS) | set(self._parser.sections())):
+            out.write(f"[{section}]\n")
+            keys = dict(DEFAULTS.get(section, {}))
+            if self._parser.has_section(section):
+                keys.update({k: v for k, v in self._parser.items(section, raw=True)})
+            for key, value in keys.items():
+                out.write(f"    {key} = {value}\n")
+            out.write("\n")
+        return out.getvalue()
+
+    def save(self, path: Path | None = None) -> None:
+        target = path or self.path
+        if target is None:
+            raise ConfigError("no configuration file to write to")
+        write_atomic(target, self.render(), mode=0o644)
+
+
+def _parser() -> configparser.ConfigParser:
+    return configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=("#", ";"),
+        default_section="__defaults__",
+        strict=False,
+    )
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read tether.conf; a missing file means all defaults."""
+    parser = _parser()
+    if path.exists():
+        try:
+            parser.read_string(path.read_text(), source=str(path))
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from exc
+        except PermissionError as exc:
+            raise ConfigError(f"cannot read {path}: permission denied") from exc
+    return AgentConfig(parser, path)

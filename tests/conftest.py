@@ -1,0 +1,7 @@
+"""Shared test fixtures. Each area keeps its fixtures in tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.common",
+    "tests.fixtures.cloud",
+    "tests.fixtures.agent",
+]
