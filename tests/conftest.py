@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.cloud",
     "tests.fixtures.agent",
+    "tests.fixtures.proxies",
 ]

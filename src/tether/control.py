@@ -29,7 +29,8 @@ class ControlReply:
 
 
 def encode_reply(reply: ControlReply) -> bytes:
-    return (json.dumps({"ok": reply.ok, "message": reply.message, "data": reply.data}) + "\n").encode()
+    body = {"ok": reply.ok, "message": reply.message, "data": reply.data}
+    return (json.dumps(body) + "\n").encode()
 
 
 def send_command(socket_path: Path, command: str, timeout: float = 10.0) -> ControlReply:

@@ -1,0 +1,294 @@
+"""Claiming a node, step by step; shared by `tether-claim`, `tether-agent -W claim`
+and claim-on-start. Each step that can fail returns the exit code of the
+table in design.md with a message naming what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tether.agent.config import AgentConfig, ConfigError, load_config
+from tether.claim import keys, state
+from tether.claim.exit_codes import Exit
+from tether.claim.request import ClaimRequest, send_claim
+from tether.control import AgentNotRunning, send_command
+from tether.net.proxy import ProxyChoice, ProxyConfigError, claim_proxy
+from tether.net.tls import INSECURE_WARNING, TLSConfigError, client_ssl_context
+from tether.paths import AgentPaths
+
+SUCCESS_LINE = "Agent was successfully claimed."
+
+
+@dataclass
+class ClaimOptions:
+    token: str | None = None
+    rooms: list[str] | None = None
+    url: str | None = None
+    node_id: str | None = None
+    hostname: str | None = None
+    proxy: str | None = None
+    noproxy: bool = False
+    insecure: bool = False
+    noreload: bool = False
+    verbose: bool = False
+    user: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass
+class ClaimResult:
+    exit_code: Exit
+    message: str
+    claimed_id: str | None = None
+    url: str | None = None
+    proxy: str | None = None  # display form, password masked
+    http_status: int | None = None
+    error_key: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def claimed(self) -> bool:
+        return self.exit_code in (Exit.OK, Exit.AGENT_NOT_TOLD)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "exit_code": int(self.exit_code),
+            "claimed": self.claimed,
+            "message": self.message,
+            "claimed_id": self.claimed_id,
+            "url": self.url,
+            "proxy": self.proxy,
+            "http_status": self.http_status,
+            "error_key": self.error_key,
+            "warnings": self.warnings,
+        }
+
+
+class _Stop(Exception):
+    def __init__(self, code: Exit, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme != "https" or not parts.hostname:
+        raise _Stop(
+            Exit.BAD_ARGUMENT,
+            f"-url={url!r} is not an https URL: give the Cloud's base URL, e.g. "
+            "-url=https://cloud.example.com",
+        )
+    return url.strip().rstrip("/")
+
+
+def _agent_user(opts: ClaimOptions, config: AgentConfig) -> pwd.struct_passwd | None:
+    """The agent's user when one is set; stops with exit 6 when we are the wrong user."""
+    name = (opts.user or config.get("global", "run as user")).strip()
+    if not name:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError as exc:
+        raise _Stop(
+            Exit.WRONG_USER,
+            f"the agent's user {name!r} (-user= or [global] run as user) does not exist",
+        ) from exc
+    if os.geteuid() == 0:
+        return entry
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if me != name:
+        raise _Stop(
+            Exit.WRONG_USER,
+            f"wrong user: this runs as {me!r} but the agent runs as {name!r}. Run it as "
+            f"root (sudo) or as that user (sudo -u {name} ...).",
+        )
+    return None
+
+
+def _machine_guid(paths: AgentPaths) -> str:
+    from tether.agent.identity import MachineGuidError, load_or_create_machine_guid
+
+    try:
+        return load_or_create_machine_guid(paths)
+    except MachineGuidError as exc:
+        raise _Stop(Exit.MACHINE_GUID, str(exc)) from exc
+
+
+def claim(
+    opts: ClaimOptions,
+    paths: AgentPaths,
+    config: AgentConfig | None = None,
+    env: Mapping[str, str] = os.environ,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> ClaimResult:
+    """Claim this node. `say` gets progress lines when verbose (never the token)."""
+    result = ClaimResult(Exit.OK, "")
+    try:
+        return _claim(opts, paths, config, env, say, result)
+    except _Stop as stop:
+        result.exit_code = stop.code
+        result.message = stop.message
+        return result
+
+
+def _claim(
+    opts: ClaimOptions,
+    paths: AgentPaths,
+    config: AgentConfig | None,
+    env: Mapping[str, str],
+    say: Callable[[str], None],
+    result: ClaimResult,
+) -> ClaimResult:
+    if config is None:
+        try:
+            config = load_config(paths.config_file)
+        except ConfigError as exc:
+            raise _Stop(Exit.BAD_ARGUMENT, str(exc)) from exc
+        except OSError as exc:
+            raise _Stop(
+                Exit.WRONG_USER,
+                f"cannot read {paths.config_file} ({exc.strerror}): run as root or as the "
+                "agent's user",
+            ) from exc
+    try:
+        conf = state.read_cloud_conf(paths)
+        stored_token = state.read_token(paths)
+        stored_rooms = state.read_rooms(paths)
+        previous_id = state.read_claimed_id(paths)
+    except state.ClaimDirError as exc:
+        raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
+    if state.cloud_disabled(conf):
+        raise _Stop(
+            Exit.CLOUD_DISABLED,
+            f"the Cloud is disabled on this node ({paths.cloud_conf_file}: enabled = "
+            f"{conf.get('enabled')}). Set enabled = yes there to claim.",
+        )
+    raw_url = opts.url or conf.get("cloud base url")
+    if not raw_url:
+        raise _Stop(
+            Exit.BAD_ARGUMENT,
+            "no Cloud URL: give -url=https://YOUR-CLOUD (there is no public Tether Cloud)",
+        )
+    url = _check_url(raw_url)
+    result.url = url
+    token = opts.token or stored_token
+    if not token:
+        raise _Stop(
+            Exit.BAD_ARGUMENT,
+            f"no claiming token: give -token=TOKEN (or put it in {paths.token_file}); a "
+            "Space admin finds it on the Cloud's Connect Nodes page",
+        )
+    rooms = opts.rooms if opts.rooms is not None else stored_rooms
+    owner = _agent_user(opts, config)
+    try:
+        proxy: ProxyChoice = claim_proxy(
+            noproxy=opts.noproxy,
+            cli_proxy=opts.proxy,
+            config_proxy=config.get("cloud", "proxy"),
+            config_file=paths.config_file,
+            target_url=url,
+            env=env,
+        )
+    except ProxyConfigError as exc:
+        raise _Stop(Exit.BAD_ARGUMENT, str(exc)) from exc
+    result.proxy = proxy.display()
+    if opts.insecure:
+        result.warnings.append(INSECURE_WARNING)
+    try:
+        ssl_ctx = client_ssl_context(paths, insecure=opts.insecure)
+    except TLSConfigError as exc:
+        raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
+
+    guid = _machine_guid(paths)
+    node_id = (opts.node_id or guid).strip()
+    with contextlib.suppress(ValueError):
+        # One spelling on disk and in the Cloud; a non-UUID goes as given and
+        # the Cloud answers ErrInvalidNodeID (exit 8).
+        node_id = str(uuid.UUID(node_id))
+    hostname = opts.hostname
+    if hostname is None:
+        hostname = config.get("global", "hostname") or socket.gethostname()
+    try:
+        state.ensure_cloud_dir(paths)
+        pair = keys.load(paths.private_key_file)
+    except (state.ClaimDirError, keys.KeyFileError) as exc:
+        raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
+    # A new identity for an already claimed node gets a new key, kept in memory
+    # until the Cloud accepts it, so a failed attempt leaves the old identity whole.
+    new_identity = previous_id is not None and previous_id != node_id
+    save_after = False
+    if pair is None or new_identity:
+        pair = keys.generate()
+        save_after = previous_id is not None
+        if not save_after:
+            try:
+                keys.save(pair, paths.private_key_file, paths.public_key_file)
+            except OSError as exc:
+                raise _Stop(Exit.CLAIM_DIR, f"cannot write the node key: {exc}") from exc
+    say(f"Claiming node {node_id} (hostname {hostname!r}) into {url}")
+    say(f"War Rooms: {', '.join(rooms) if rooms else '(none)'}")
+    say(f"Proxy: {proxy.display()}")
+    say(
+        "Key: "
+        + ("new RSA-2048 key" if pair.created else f"reusing {paths.private_key_file}")
+    )
+
+    answer = send_claim(
+        ClaimRequest(
+            url=url,
+            node_id=node_id,
+            hostname=hostname,
+            token=token,
+            rooms=rooms,
+            public_pem=pair.public_pem.decode(),
+            machine_guid=guid,
+        ),
+        ssl_ctx,
+        proxy,
+        timeout=opts.timeout,
+    )
+    result.http_status = answer.http_status
+    result.error_key = answer.error_key
+    if answer.exit_code != Exit.OK:
+        raise _Stop(answer.exit_code, answer.message)
+
+    try:
+        if save_after:
+            keys.save(pair, paths.private_key_file, paths.public_key_file)
+        state.write_claimed(paths, node_id, url, rooms)
+        if owner is not None:
+            state.chown_cloud_dir(paths, owner.pw_uid, owner.pw_gid)
+    except OSError as exc:
+        raise _Stop(
+            Exit.CLAIM_DIR,
+            f"the Cloud accepted the claim but {paths.cloud_dir} could not be written: {exc}",
+        ) from exc
+    result.claimed_id = node_id
+    result.message = SUCCESS_LINE
+
+    if opts.noreload:
+        return result
+    try:
+        reply = send_command(paths.control_socket, "reload-claiming-state")
+    except (AgentNotRunning, OSError, ValueError) as exc:
+        result.exit_code = Exit.AGENT_NOT_TOLD
+        result.warnings.append(
+            f"The node is claimed, but the running agent could not be told ({exc}). "
+            "Start tether-agent, or run `tether-cli reload-claiming-state` once it runs."
+        )
+        return result
+    if not reply.ok:
+        result.exit_code = Exit.AGENT_NOT_TOLD
+        result.warnings.append(
+            f"The node is claimed, but the agent refused to reload its claiming state: "
+            f"{reply.message}. Restart tether-agent."
+        )
+    return result

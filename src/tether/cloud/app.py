@@ -1,0 +1,70 @@
+"""The Cloud's ASGI app. Other parts add their routes in `create_app`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+import tether
+from tether.cloud import api, auth, claim, openapi, web
+from tether.cloud.db import Database, migrate
+from tether.cloud.errors import ApiError, api_error_handler
+from tether.cloud.secrets import SecretBox
+from tether.cloud.settings import CloudSettings
+
+log = logging.getLogger("tether.cloud")
+
+
+async def health(_request: Request) -> Response:
+    """Liveness: 200 when the Cloud answers."""
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette:
+    """Build the app. `app.state` holds `settings`, `db` (tether.cloud.db.Database:
+    `.engine`, `.sessions`, `.session()`), `secret_box`, `claim_limiter` and
+    `on_shutdown`, a list of async callables run first at shutdown (close links)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if db is None:
+        db = Database(settings.db_url)
+        migrate(db.engine)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        for hook in on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        db.dispose()
+
+    routes: list[BaseRoute] = [
+        Route("/api/health", health, methods=["GET"]),
+        Route("/api/openapi.json", openapi.openapi_json, methods=["GET"]),
+        *auth.routes(),
+        *claim.routes(),
+        *api.routes(),
+        # Other parts add their route lists here, e.g. *link.routes(), *relay.routes(),
+        # and the UI (mounted last since it owns "/").
+        *web.routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: api_error_handler},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.secret_box = SecretBox(settings.secret_key_file)
+    app.state.claim_limiter = claim.FailureLimiter(settings.claim_failures_per_minute)
+    app.state.on_shutdown = on_shutdown
+    app.state.version = getattr(tether, "__version__", "0")
+    return app

@@ -1,0 +1,426 @@
+"""The claim endpoint: `PUT /api/v1/spaces/nodes/{id}` (wire format in design.md).
+
+A node presents the Space's claiming token, its id, hostname, rooms and RSA
+public key; the Cloud answers 204 or a JSON error whose `errorMsgKey` the claim
+client maps to an exit code. Every attempt is audited; failures are rate
+limited per source address.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tether.cloud.db import Database
+from tether.cloud.errors import error_response
+from tether.cloud.models import ClaimAudit, ClaimToken, Node, Room, utcnow
+from tether.cloud.secrets import CLAIM_KIND, aware, same_hash, token_prefix
+from tether.cloud.store import nodes as node_store
+from tether.cloud.store import spaces as space_store
+
+log = logging.getLogger("tether.cloud.claim")
+
+MAX_BODY = 64 * 1024
+MAX_HOSTNAME = 255
+MIN_RSA_BITS = 2048
+MAX_ROOMS = 100
+
+
+class ClaimError(Exception):
+    STATUS = {
+        "ErrInvalidNodeID": 400,
+        "ErrInvalidNodeName": 400,
+        "ErrInvalidRoomID": 400,
+        "ErrInvalidPublicKey": 400,
+        "ErrBadRequest": 400,
+        "ErrForbidden": 403,
+        "ErrAlreadyClaimed": 409,
+        "ErrRequestTooLarge": 413,
+        "ErrInternalServerError": 500,
+    }
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+        self.status = self.STATUS[key]
+
+
+class FailureLimiter:
+    """Sliding one-minute window of failed claims per source address."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._fails: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str) -> int:
+        """Seconds to wait, or 0 when this address may try now."""
+        now = time.monotonic()
+        with self._lock:
+            q = self._fails.get(address)
+            if not q:
+                return 0
+            while q and now - q[0] >= 60:
+                q.popleft()
+            if len(q) < self.per_minute:
+                return 0
+            return max(1, int(60 - (now - q[0])) + 1)
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            if len(self._fails) > 100_000:  # bound memory under a spray of addresses
+                self._fails.clear()
+            self._fails.setdefault(address, collections.deque()).append(time.monotonic())
+
+
+@dataclass
+class ClaimRequest:
+    node_id: str
+    hostname: str
+    token: str
+    rooms: list[str]
+    public_key_pem: str
+    public_key_sha256: str
+    machine_guid: str | None
+
+
+def parse_claim(path_id: str, raw: bytes) -> ClaimRequest:
+    """Check the request's shape and every field that needs no database."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClaimError("ErrBadRequest", f"The request body is not valid JSON ({exc}).") from None
+    if not isinstance(body, dict):
+        raise ClaimError("ErrBadRequest", "The request body must be a JSON object.")
+
+    node_id = path_id.strip().lower()
+    try:
+        canonical = str(uuid.UUID(node_id))
+    except ValueError:
+        canonical = ""
+    if canonical != node_id:
+        raise ClaimError(
+            "ErrInvalidNodeID",
+            f"The node id {path_id[:80]!r} is not a UUID. Use the id in cloud.d/claimed_id, "
+            "or claim with -id=$(uuidgen).",
+        )
+    node = body.get("node")
+    if not isinstance(node, dict):
+        raise ClaimError(
+            "ErrBadRequest", 'The body needs a "node" object with "id" and "hostname".'
+        )
+    body_id = node.get("id")
+    if body_id is not None and str(body_id).strip().lower() != node_id:
+        raise ClaimError(
+            "ErrInvalidNodeID", "The node id in the body differs from the one in the URL."
+        )
+
+    hostname = node.get("hostname")
+    if (
+        not isinstance(hostname, str)
+        or not hostname.strip()
+        or len(hostname) > MAX_HOSTNAME
+        or any(ord(c) < 32 or ord(c) == 127 for c in hostname)
+    ):
+        raise ClaimError(
+            "ErrInvalidNodeName",
+            f"The hostname must be 1 to {MAX_HOSTNAME} printable characters; "
+            "set a valid one with -hostname=NAME.",
+        )
+
+    rooms = body.get("rooms", [])
+    if rooms is None:
+        rooms = []
+    if isinstance(rooms, str):
+        rooms = [r for r in rooms.split(",") if r.strip()]
+    if (
+        not isinstance(rooms, list)
+        or len(rooms) > MAX_ROOMS
+        or not all(isinstance(r, str) and 0 < len(r) <= 200 for r in rooms)
+    ):
+        raise ClaimError(
+            "ErrInvalidRoomID", f'"rooms" must be a list of up to {MAX_ROOMS} War Room ids.'
+        )
+
+    pem = body.get("publicKey")
+    key_bad = ClaimError(
+        "ErrInvalidPublicKey",
+        f"The public key must be a PEM-encoded RSA public key of at least {MIN_RSA_BITS} bits. "
+        "Remove cloud.d/private.pem and cloud.d/public.pem on the node and claim again to "
+        "make a new key pair.",
+    )
+    if not isinstance(pem, str) or len(pem) > 16_384:
+        raise key_bad
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise key_bad from None
+    if not isinstance(key, rsa.RSAPublicKey) or not MIN_RSA_BITS <= key.key_size <= 16384:
+        raise key_bad
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    normalized_pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+    token = body.get("token")
+    if not isinstance(token, str):
+        token = ""
+    guid = body.get("mGUID")
+    if guid is not None and (not isinstance(guid, str) or len(guid) > 64):
+        raise ClaimError("ErrBadRequest", '"mGUID" must be the machine GUID string.')
+
+    return ClaimRequest(
+        node_id=node_id,
+        hostname=hostname.strip(),
+        token=token.strip(),
+        rooms=[r.strip() for r in rooms],
+        public_key_pem=normalized_pem,
+        public_key_sha256=hashlib.sha256(der).hexdigest(),
+        machine_guid=guid or None,
+    )
+
+
+def _forbidden() -> ClaimError:
+    return ClaimError(
+        "ErrForbidden",
+        "The claiming token is not valid: it is wrong, expired or was rotated. Ask a Space "
+        "admin for the Space's current claiming token.",
+    )
+
+
+def _resolve_rooms(s: Session, space_id: str, wanted: list[str]) -> list[Room]:
+    space_rooms = space_store.rooms(s, space_id)
+    by_id = {r.id: r for r in space_rooms}
+    by_name = {r.name: r for r in space_rooms}
+    out = [r for r in space_rooms if r.is_all_nodes]
+    for ref in wanted:
+        room = by_id.get(ref.lower()) or by_name.get(ref)
+        if room is None:
+            raise ClaimError(
+                "ErrInvalidRoomID",
+                f"War Room {ref[:80]!r} is not in the Space this claiming token belongs to. "
+                "Copy the room ids from the Cloud's Connect Nodes page.",
+            )
+        if room not in out:
+            out.append(room)
+    return out
+
+
+def apply_claim(db: Database, req: ClaimRequest, address: str) -> tuple[str, str]:
+    """Claim in one write-locked transaction. Returns (result, space_id)."""
+    prefix = token_prefix(req.token, CLAIM_KIND)
+    if prefix is None:
+        raise _forbidden()
+    with db.session(write_lock=True) as s:
+        # FOR UPDATE orders this claim with a rotation on PostgreSQL; on SQLite
+        # the BEGIN IMMEDIATE write lock does.
+        tok = s.scalar(select(ClaimToken).where(ClaimToken.prefix == prefix).with_for_update())
+        if (
+            tok is None
+            or not same_hash(req.token, tok.token_hash)
+            or tok.revoked_at is not None
+            or (tok.expires_at is not None and aware(tok.expires_at) <= utcnow())
+        ):
+            raise _forbidden()
+        rooms = _resolve_rooms(s, tok.space_id, req.rooms)
+        node = s.get(Node, req.node_id)
+        if node is not None:
+            if node.space_id != tok.space_id:
+                raise ClaimError(
+                    "ErrAlreadyClaimed",
+                    "This node id is already claimed into another Space. To claim this "
+                    "node as a new node, run the claim again with -id=$(uuidgen).",
+                )
+            if node.public_key_sha256 != req.public_key_sha256:
+                raise ClaimError(
+                    "ErrAlreadyClaimed",
+                    "This node id is already claimed with a different key. To claim this "
+                    "node as a new node, run the claim again with -id=$(uuidgen).",
+                )
+            changed = node.hostname != req.hostname
+            node.hostname = req.hostname
+            node.machine_guid = req.machine_guid or node.machine_guid
+            node.last_address = address
+            have = {r.id for r in node.rooms}
+            for room in rooms:
+                if room.id not in have:
+                    node_store.add_to_room(s, node, room)
+            node_store.record_event(
+                s,
+                node,
+                "reclaimed",
+                detail={"address": address, "token_prefix": prefix, "hostname_changed": changed},
+            )
+            result = "reclaimed"
+        else:
+            now = utcnow()
+            node = Node(
+                id=req.node_id,
+                space_id=tok.space_id,
+                hostname=req.hostname,
+                machine_guid=req.machine_guid,
+                public_key_pem=req.public_key_pem,
+                public_key_sha256=req.public_key_sha256,
+                claimed_at=now,
+                state="unseen",
+                state_since=now,
+                state_cause="claimed, not connected yet",
+                last_address=address,
+            )
+            s.add(node)
+            s.flush()
+            for room in rooms:
+                node_store.add_to_room(s, node, room)
+            node_store.record_event(
+                s, node, "claimed", detail={"address": address, "token_prefix": prefix}
+            )
+            result = "claimed"
+        s.add(
+            ClaimAudit(
+                token_prefix=prefix,
+                node_id=req.node_id,
+                space_id=tok.space_id,
+                address=address,
+                result=result,
+            )
+        )
+        return result, tok.space_id
+
+
+def audit_failure(db: Database, token: str | None, node_id: str, address: str, key: str) -> None:
+    prefix = token_prefix(token, CLAIM_KIND) if token else None
+    space_id = None
+    try:
+        with db.session(write_lock=True) as s:
+            if prefix:
+                space_id = s.scalar(select(ClaimToken.space_id).where(ClaimToken.prefix == prefix))
+            s.add(
+                ClaimAudit(
+                    token_prefix=prefix,
+                    node_id=node_id[:64],
+                    space_id=space_id,
+                    address=address,
+                    result=key,
+                )
+            )
+    except Exception:
+        log.exception("could not record a failed claim in the audit table")
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY:
+        raise ClaimError(
+            "ErrRequestTooLarge", f"The claim request is larger than {MAX_BODY} bytes."
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ClaimError(
+                "ErrRequestTooLarge", f"The claim request is larger than {MAX_BODY} bytes."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def client_address(request: Request) -> str:
+    """The peer's address; IPv4 clients of a dual-stack socket appear as
+    ::ffff:a.b.c.d, shown here as plain a.b.c.d."""
+    host = request.client.host if request.client else "unknown"
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _token_of(raw: bytes) -> str | None:
+    """The token field, if any, so even a malformed claim is audited by prefix."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    token = body.get("token") if isinstance(body, dict) else None
+    return token.strip() if isinstance(token, str) else None
+
+
+async def claim_node(request: Request) -> Response:
+    """Claim a node into the Space of the claiming token (204 on success)."""
+    db: Database = request.app.state.db
+    limiter: FailureLimiter = request.app.state.claim_limiter
+    address = client_address(request)
+    path_id = str(request.path_params["node_id"])
+
+    wait = limiter.retry_after(address)
+    if wait:
+        return error_response(
+            429,
+            "ErrTooManyRequests",
+            f"Too many failed claims from {address}; try again in {wait} seconds.",
+            headers={"Retry-After": str(wait)},
+        )
+    token: str | None = None
+    try:
+        raw = await _read_body(request)
+        token = _token_of(raw)
+        req = parse_claim(path_id, raw)
+        token = req.token
+        try:
+            result, space_id = await run_in_threadpool(
+                apply_claim, request.app.state.db, req, address
+            )
+        except IntegrityError:
+            # Two first claims of one id at once: the loser retries and sees the node.
+            result, space_id = await run_in_threadpool(
+                apply_claim, request.app.state.db, req, address
+            )
+    except ClaimError as exc:
+        if exc.key != "ErrInternalServerError":
+            limiter.failed(address)
+        prefix = token_prefix(token, CLAIM_KIND) if token else None
+        log.info(
+            "claim of node %s from %s refused: %s (token prefix %s)",
+            path_id[:40],
+            address,
+            exc.key,
+            prefix,
+        )
+        await run_in_threadpool(audit_failure, db, token, path_id, address, exc.key)
+        return error_response(exc.status, exc.key, exc.message)
+    except Exception:
+        log.exception("claim of node %s from %s failed", path_id[:40], address)
+        return error_response(
+            500,
+            "ErrInternalServerError",
+            "The Cloud could not process the claim; try again later. The Cloud's log has details.",
+        )
+    log.info(
+        "node %s %s into space %s from %s (token prefix %s)",
+        req.node_id,
+        result,
+        space_id,
+        address,
+        token_prefix(req.token, CLAIM_KIND),
+    )
+    return Response(status_code=204)
+
+
+def routes() -> list[Route]:
+    return [Route("/api/v1/spaces/nodes/{node_id}", claim_node, methods=["PUT"])]

@@ -1,0 +1,471 @@
+"""`tether-cloud`: serve the Cloud, quickstart, and admin tasks.
+
+Exit codes: 0 ok, 1 error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tether.cloud.settings import DEFAULT_HOST, DEFAULT_PORT, CloudSettings
+
+log = logging.getLogger("tether.cloud")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit 1."""
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default="./tether-data",
+        type=Path,
+        help="where the database, CA and keys live (default ./tether-data)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL (default sqlite:///DATA_DIR/cloud.db), e.g. "
+        "postgresql+psycopg://user@host:5432/tether",
+    )
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    _data_args(p)
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to listen on (default '::', dual-stack IPv6+IPv4)",
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP (local development only: tokens travel in clear)",
+    )
+    p.add_argument(
+        "--cert", type=Path, help="server certificate chain (PEM) instead of the private CA"
+    )
+    p.add_argument("--key", type=Path, help="private key for --cert (PEM)")
+    p.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        help="extra DNS name or IP for the generated server certificate (repeatable)",
+    )
+    p.add_argument("--public-url", help="URL agents and browsers use to reach this Cloud")
+    p.add_argument(
+        "--claim-failures-per-minute",
+        type=int,
+        default=10,
+        help="failed claims allowed per source address per minute (default 10)",
+    )
+    p.add_argument("--access-log", action="store_true", help="log every HTTP request")
+
+
+def _settings(a: argparse.Namespace) -> CloudSettings:
+    return CloudSettings(
+        data_dir=a.data_dir,
+        host=getattr(a, "host", DEFAULT_HOST),
+        port=getattr(a, "port", DEFAULT_PORT),
+        database_url=a.database_url,
+        insecure_http=getattr(a, "insecure_http", False),
+        cert_file=getattr(a, "cert", None),
+        key_file=getattr(a, "key", None),
+        extra_sans=getattr(a, "san", []),
+        public_url=getattr(a, "public_url", None),
+        claim_failures_per_minute=getattr(a, "claim_failures_per_minute", 10),
+    )
+
+
+def _open_db(settings: CloudSettings) -> Any:
+    from tether.cloud.db import Database, migrate
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    try:
+        migrate(db.engine)
+    except Exception as exc:
+        raise CliError(f"cannot open the database {_safe_url(settings.db_url)}: {exc}") from exc
+    return db
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid database URL>"
+
+
+def _tls(settings: CloudSettings) -> tuple[str | None, str | None, Path | None, str | None]:
+    """(cert, key, ca_file, ca_sha256) to serve with."""
+    from tether.cloud.tls import cert_sha256, ensure_tls
+
+    if settings.insecure_http:
+        return None, None, None, None
+    if settings.cert_file or settings.key_file:
+        if not (settings.cert_file and settings.key_file):
+            raise CliError("--cert and --key go together")
+        for f in (settings.cert_file, settings.key_file):
+            if not f.is_file():
+                raise CliError(f"{f} does not exist")
+        return str(settings.cert_file), str(settings.key_file), None, None
+    files = ensure_tls(settings.data_dir, settings.extra_sans)
+    if files.created:
+        log.info("created a private CA and server certificate in %s", settings.data_dir)
+    return str(files.cert_file), str(files.key_file), files.ca_file, cert_sha256(files.ca_file)
+
+
+def _serve(settings: CloudSettings, a: argparse.Namespace, on_ready: Callable[..., None]) -> int:
+    from tether.cloud.app import create_app
+    from tether.cloud.server import run
+
+    cert, key, ca_file, ca_sha = _tls(settings)
+    db = _open_db(settings)
+    app = create_app(settings, db)
+    if settings.insecure_http:
+        log.warning("serving plain HTTP: claiming tokens and passwords travel unencrypted")
+    try:
+        return run(
+            settings,
+            app,
+            cert_file=cert,
+            key_file=key,
+            access_log=a.access_log,
+            on_ready=lambda: on_ready(ca_file, ca_sha),
+        )
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {settings.host} port {settings.port}: {exc.strerror}"
+        ) from exc
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    settings = _settings(a)
+
+    def ready(ca_file: Path | None, ca_sha: str | None) -> None:
+        log.info(
+            "Tether Cloud listening at %s (database %s)", settings.url, _safe_url(settings.db_url)
+        )
+        if ca_file:
+            log.info("CA file for agents (cloud.d/cloud_fullchain.pem): %s", ca_file)
+            log.info("CA SHA-256 fingerprint: %s", ca_sha)
+
+    return _serve(settings, a, ready)
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    from tether.cloud.bootstrap import prepare
+    from tether.cloud.secrets import SecretBox
+
+    settings = _settings(a)
+    cert, key, ca_file, ca_sha = _tls(settings)
+    del cert, key
+    db = _open_db(settings)
+    try:
+        prep = prepare(db, SecretBox(settings.secret_key_file))
+    finally:
+        db.dispose()
+    url = settings.url
+    info = {
+        "url": url,
+        "ca_file": str(ca_file) if ca_file else None,
+        "ca_sha256": ca_sha,
+        "space_id": prep.space_id,
+        "room_ids": prep.room_ids,
+        "claim_token": prep.claim_token,
+        "api_token": prep.api_token,
+        "admin_email": prep.admin_email,
+        "admin_password": prep.admin_password,
+        "database_url": _safe_url(settings.db_url),
+        "data_dir": str(settings.data_dir),
+    }
+    human = sys.stderr if a.json else sys.stdout
+
+    def report(*_: Any) -> None:
+        if a.json:
+            sys.stdout.write(json.dumps(info) + "\n")
+            sys.stdout.flush()
+        lines = [f"Tether Cloud is {'ready' if not a.no_serve else 'prepared'}: {url}"]
+        if prep.admin_password:
+            lines.append(
+                f"  Sign in as {prep.admin_email} with password {prep.admin_password}"
+                " (shown only this once)"
+            )
+        else:
+            lines.append(
+                f"  Sign in as {prep.admin_email} (password unchanged; reset it with "
+                f"`tether-cloud admin set-password --data-dir {settings.data_dir} "
+                f"--email {prep.admin_email}`)"
+            )
+        lines.append(f"  API token: {prep.api_token}")
+        if ca_file:
+            lines.append(f"  CA file: {ca_file}")
+            lines.append(f"  CA SHA-256: {ca_sha}")
+            lines.append("  On each node, trust this CA first:")
+            lines.append(f"    cp {ca_file} $PREFIX/var/lib/tether/cloud.d/cloud_fullchain.pem")
+        lines.append("  Then claim the node:")
+        lines.append(
+            f"    tether-claim -token={prep.claim_token} -rooms={prep.room_ids[1]} -url={url}"
+        )
+        print("\n".join(lines), file=human, flush=True)
+
+    if a.no_serve:
+        report()
+        return 0
+    return _serve(settings, a, report)
+
+
+def _read_password(a: argparse.Namespace) -> tuple[str, bool]:
+    """(password, generated)."""
+    from tether.cloud.secrets import new_password
+
+    if a.password_stdin:
+        pw = sys.stdin.readline().rstrip("\n")
+        if not pw:
+            raise CliError("no password on stdin")
+        return pw, False
+    if a.password:
+        return a.password, False
+    return new_password(), True
+
+
+def cmd_create_user(a: argparse.Namespace) -> int:
+    from tether.cloud.store import users as user_store
+
+    db = _open_db(_settings(a))
+    password, generated = _read_password(a)
+    try:
+        with db.session(write_lock=True) as s:
+            user = user_store.create_user(s, a.email, password, a.name or "")
+            token = user_store.create_api_token(s, user, "cli")[0] if a.api_token else None
+            out = {
+                "user_id": user.id,
+                "email": user.email,
+                "password": password if generated else None,
+                "api_token": token,
+            }
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"created user {out['email']} ({out['user_id']})")
+        if generated:
+            print(f"password: {password} (shown only this once)")
+        if token:
+            print(f"API token: {token}")
+    return 0
+
+
+def cmd_set_password(a: argparse.Namespace) -> int:
+    from tether.cloud.store import users as user_store
+
+    db = _open_db(_settings(a))
+    password, generated = _read_password(a)
+    try:
+        with db.session(write_lock=True) as s:
+            user = user_store.by_email(s, a.email)
+            if user is None:
+                raise CliError(f"no user with email {a.email}")
+            user_store.set_password(s, user, password)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"password of {a.email} changed; its browser sessions were signed out")
+    if generated:
+        print(f"new password: {password} (shown only this once)")
+    return 0
+
+
+def cmd_create_api_token(a: argparse.Namespace) -> int:
+    from tether.cloud.store import users as user_store
+
+    db = _open_db(_settings(a))
+    with db.session(write_lock=True) as s:
+        user = user_store.by_email(s, a.email)
+        if user is None:
+            raise CliError(f"no user with email {a.email}")
+        token, row = user_store.create_api_token(s, user, a.name)
+    print(json.dumps({"api_token": token, "prefix": row.prefix}) if a.json else token)
+    return 0
+
+
+def cmd_create_space(a: argparse.Namespace) -> int:
+    from tether.cloud.secrets import SecretBox
+    from tether.cloud.store import claim_tokens
+    from tether.cloud.store import spaces as space_store
+    from tether.cloud.store import users as user_store
+
+    settings = _settings(a)
+    db = _open_db(settings)
+    try:
+        with db.session(write_lock=True) as s:
+            owner = user_store.by_email(s, a.owner)
+            if owner is None:
+                raise CliError(f"no user with email {a.owner}; create it with `admin create-user`")
+            space = space_store.create_space(s, a.name, owner)
+            claim_tokens.rotate(s, SecretBox(settings.secret_key_file), space.id, owner.id)
+            room_id = space_store.all_nodes_room(s, space.id).id
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    out = {"space_id": space.id, "name": space.name, "all_nodes_room_id": room_id}
+    print(json.dumps(out) if a.json else f"created space {space.name} ({space.id})")
+    return 0
+
+
+def cmd_add_member(a: argparse.Namespace) -> int:
+    from tether.cloud.models import Space
+    from tether.cloud.store import spaces as space_store
+    from tether.cloud.store import users as user_store
+
+    db = _open_db(_settings(a))
+    try:
+        with db.session(write_lock=True) as s:
+            user = user_store.by_email(s, a.email)
+            if user is None:
+                raise CliError(f"no user with email {a.email}")
+            if s.get(Space, a.space) is None:
+                raise CliError(f"no space with id {a.space}")
+            space_store.set_member(s, a.space, user, a.role)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"{a.email} is now {a.role} of space {a.space}")
+    return 0
+
+
+def cmd_token(a: argparse.Namespace) -> int:
+    from tether.cloud.models import Space
+    from tether.cloud.secrets import SecretBox, iso
+    from tether.cloud.store import claim_tokens
+
+    settings = _settings(a)
+    db = _open_db(settings)
+    box = SecretBox(settings.secret_key_file)
+    with db.session(write_lock=True) as s:
+        if s.get(Space, a.space) is None:
+            raise CliError(f"no space with id {a.space}")
+        if a.token_cmd == "rotate":  # noqa: S105 (a subcommand name, not a secret)
+            expires = (
+                dt.datetime.now(dt.UTC) + dt.timedelta(seconds=a.expires_in)
+                if a.expires_in
+                else None
+            )
+            token, row = claim_tokens.rotate(s, box, a.space, None, expires)
+        else:
+            token, row = claim_tokens.ensure(s, box, a.space, None)
+        out = {
+            "token": token,
+            "prefix": row.prefix,
+            "created_at": iso(row.created_at),
+            "expires_at": iso(row.expires_at),
+        }
+    print(json.dumps(out) if a.json else token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether-cloud", description="The Tether Cloud.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("serve", help="run the Cloud")
+    _serve_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("quickstart", help="prepare an admin, a Space and tokens, then serve")
+    _serve_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON line on stdout when ready")
+    p.add_argument("--no-serve", action="store_true", help="only prepare, do not serve")
+    p.set_defaults(func=cmd_quickstart)
+
+    admin = sub.add_parser("admin", help="accounts and Spaces").add_subparsers(
+        dest="admin_cmd", required=True
+    )
+
+    def pw(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--password", help="the password (visible to `ps`; prefer --password-stdin)")
+        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    p = admin.add_parser("create-user", help="create a user (a random password if none given)")
+    _data_args(p)
+    p.add_argument("--email", required=True)
+    p.add_argument("--name")
+    pw(p)
+    p.add_argument("--api-token", action="store_true", help="also create an API token")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_create_user)
+
+    p = admin.add_parser("set-password", help="reset a user's password")
+    _data_args(p)
+    p.add_argument("--email", required=True)
+    pw(p)
+    p.set_defaults(func=cmd_set_password)
+
+    p = admin.add_parser("create-api-token", help="create an API token for a user")
+    _data_args(p)
+    p.add_argument("--email", required=True)
+    p.add_argument("--name", default="cli")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_create_api_token)
+
+    p = admin.add_parser("create-space", help="create a Space owned by a user")
+    _data_args(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--owner", required=True, help="email of the Space's first admin")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_create_space)
+
+    p = admin.add_parser("add-member", help="add a user to a Space with a role")
+    _data_args(p)
+    p.add_argument("--space", required=True, help="Space id")
+    p.add_argument("--email", required=True)
+    p.add_argument("--role", choices=["admin", "manager", "member"], default="member")
+    p.set_defaults(func=cmd_add_member)
+
+    tok = sub.add_parser("token", help="a Space's claiming token").add_subparsers(
+        dest="token_cmd", required=True
+    )
+    p = tok.add_parser("show", help="print the active claiming token")
+    _data_args(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token)
+    p = tok.add_parser("rotate", help="revoke the claiming token and make a new one")
+    _data_args(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--expires-in", type=int, help="seconds until the new token expires")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"tether-cloud: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

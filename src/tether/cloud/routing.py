@@ -1,0 +1,418 @@
+"""Routing relay queries to whichever Cloud process holds a node's link.
+
+The relay needs one thing: "send this query to node N, give me the answer".
+The link endpoint that holds N's WebSocket registers a handler for N; the relay
+calls `request()`. Two implementations behind one small interface:
+
+- `InMemoryRouter` (the default): one Cloud process, a dictionary.
+- `NatsRouter` (`--nats-url`): several Cloud processes sharing NATS. Each
+  process keeps a constant number of subscriptions whatever its link count
+  (one wildcard subscription per process is far cheaper than one per node):
+
+    {prefix}.proc.{process_id}.{node_id}   queries for nodes this process holds
+    {prefix}.locate.{node_id}              "who holds N?" (only the holder answers)
+    {prefix}.owner                         ownership claims/releases, broadcast
+    {prefix}.presence                      presence changes, broadcast for UIs
+
+  Each process caches node -> owning process from the ownership broadcasts
+  (None = known not connected); a node it has never heard of is located once.
+  Messages are msgspec-encoded frames, as on the link itself.
+
+Handlers own their link's correlation ids: they may re-number a request for
+their link but must return the answer for the request they were given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from tether.protocol.frames import ErrorFrame, QueryRequest, QueryResponse
+
+log = logging.getLogger("tether.cloud.routing")
+
+Handler = Callable[[QueryRequest], Awaitable[QueryResponse]]
+
+
+class PresenceEvent(msgspec.Struct, kw_only=True):
+    """A node's presence changed (see tether.protocol.states)."""
+
+    node_id: str
+    state: str
+    session_id: str
+    at: float
+    cause: str = ""
+    detail: str = ""
+    expected_back_seconds: float | None = None
+    process_id: str = ""
+
+
+PresenceCallback = Callable[[PresenceEvent], Awaitable[None]]
+
+
+class RoutingError(Exception):
+    pass
+
+
+class NodeNotConnected(RoutingError):
+    """No Cloud process holds a live link to the node."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node {node_id} is not connected to the Cloud")
+        self.node_id = node_id
+
+
+class RelayTimeout(RoutingError):
+    """The node did not answer in time."""
+
+    def __init__(self, node_id: str, timeout: float) -> None:
+        super().__init__(f"node {node_id} did not answer within {timeout:g} s")
+        self.node_id = node_id
+        self.timeout = timeout
+
+
+class Router(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def register(self, node_id: str, handler: Handler) -> None:
+        """This process now holds node_id's link; replaces any earlier handler."""
+
+    async def unregister(self, node_id: str, handler: Handler) -> None:
+        """The link behind `handler` closed; a newer handler for node_id stays."""
+
+    def is_local(self, node_id: str) -> bool: ...
+
+    async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
+        """The node's answer, or NodeNotConnected / RelayTimeout."""
+
+    async def publish_presence(self, event: PresenceEvent) -> None: ...
+
+    def subscribe_presence(self, callback: PresenceCallback) -> None: ...
+
+
+def make_router(nats_url: str | None, subject_prefix: str = "tether") -> Router:
+    if nats_url:
+        return NatsRouter(nats_url, subject_prefix=subject_prefix)
+    return InMemoryRouter()
+
+
+async def _call_handler(
+    node_id: str,
+    handler: Handler,
+    req: QueryRequest,
+    timeout: float,  # noqa: ASYNC109 - also sent to the agent as timeout_ms
+) -> QueryResponse:
+    req = msgspec.structs.replace(req, timeout_ms=max(1, int(timeout * 1000)))
+    try:
+        return await asyncio.wait_for(handler(req), timeout)
+    except TimeoutError:
+        raise RelayTimeout(node_id, timeout) from None
+
+
+class _PresenceFanout:
+    def __init__(self) -> None:
+        self._callbacks: list[PresenceCallback] = []
+
+    def add(self, callback: PresenceCallback) -> None:
+        self._callbacks.append(callback)
+
+    async def deliver(self, event: PresenceEvent) -> None:
+        for callback in self._callbacks:
+            try:
+                await callback(event)
+            except Exception:
+                log.exception("presence callback failed for node %s", event.node_id)
+
+
+class InMemoryRouter:
+    """All links in this process: a dictionary from node id to handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self._presence = _PresenceFanout()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._handlers.clear()
+
+    async def register(self, node_id: str, handler: Handler) -> None:
+        self._handlers[node_id] = handler
+
+    async def unregister(self, node_id: str, handler: Handler) -> None:
+        if self._handlers.get(node_id) is handler:
+            del self._handlers[node_id]
+
+    def is_local(self, node_id: str) -> bool:
+        return node_id in self._handlers
+
+    async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
+        handler = self._handlers.get(node_id)
+        if handler is None:
+            raise NodeNotConnected(node_id)
+        return await _call_handler(node_id, handler, req, timeout)
+
+    async def publish_presence(self, event: PresenceEvent) -> None:
+        await self._presence.deliver(event)
+
+    def subscribe_presence(self, callback: PresenceCallback) -> None:
+        self._presence.add(callback)
+
+
+class _Ownership(msgspec.Struct, array_like=True):
+    node_id: str
+    process_id: str
+    held: bool
+
+
+# NATS subject tokens may not contain dots, wildcards or whitespace.
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+_NOT_CONNECTED = "not_connected"
+_TIMEOUT = "timeout"
+_HANDLER_FAILED = "handler_failed"
+_LOCATE_SECONDS = 0.25
+
+
+def _check_token(kind: str, value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{kind} {value!r} must be letters, digits, '-' or '_'")
+    return value
+
+
+class NatsRouter:
+    """Links spread over several Cloud processes, routed through NATS."""
+
+    def __init__(
+        self,
+        nats_url: str,
+        subject_prefix: str = "tether",
+        process_id: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.nats_url = nats_url
+        self.connect_timeout = connect_timeout
+        self.prefix = _check_token("subject prefix", subject_prefix)
+        self.process_id = _check_token("process id", process_id or uuid.uuid4().hex)
+        self._local = InMemoryRouter()
+        # node id -> owning process id, or None when known not connected.
+        self._owners: dict[str, str | None] = {}
+        self._presence = _PresenceFanout()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nc: NatsClient | None = None
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS %s: %s", self.nats_url, exc or type(exc).__name__)
+
+        async def on_disconnected() -> None:
+            if not self._closing:
+                log.warning("NATS %s: disconnected, reconnecting", self.nats_url)
+
+        async def on_reconnected() -> None:
+            # Ownership broadcasts may have been missed meanwhile: forget what
+            # others hold and locate nodes afresh.
+            self._owners.clear()
+            log.info("NATS %s: reconnected", self.nats_url)
+
+        try:
+            # nats-py retries the first connect for ever once reconnects are
+            # unlimited: bound it so a wrong --nats-url fails at start-up.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    self.nats_url,
+                    name=f"tether-cloud-{self.process_id}",
+                    connect_timeout=min(2.0, self.connect_timeout),
+                    max_reconnect_attempts=-1,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                ),
+                timeout=self.connect_timeout,
+            )
+        except Exception as exc:
+            raise RoutingError(
+                f"cannot connect to NATS at {self.nats_url}: {exc or type(exc).__name__}; "
+                "check --nats-url and that nats-server is running"
+            ) from exc
+        self._nc = nc
+        p = self.prefix
+        await nc.subscribe(f"{p}.proc.{self.process_id}.*", cb=self._spawn(self._on_query))
+        await nc.subscribe(f"{p}.locate.*", cb=self._on_locate)
+        await nc.subscribe(f"{p}.owner", cb=self._on_owner)
+        # Presence in order (live before offline), so no task per message here.
+        await nc.subscribe(f"{p}.presence", cb=self._on_presence)
+        await nc.flush()
+
+    async def close(self) -> None:
+        nc = self._client()
+        self._closing = True
+        # Tell the others this process holds nothing any more.
+        for node_id in list(self._local._handlers):
+            await self._announce(node_id, held=False)
+        for task in list(self._tasks):
+            task.cancel()
+        await nc.drain()
+        await self._local.close()
+
+    def _client(self) -> NatsClient:
+        if self._nc is None:
+            raise RoutingError("NatsRouter.start() was not called")
+        return self._nc
+
+    def _spawn(
+        self, coro_fn: Callable[[Msg], Coroutine[Any, Any, None]]
+    ) -> Callable[[Msg], Awaitable[None]]:
+        # nats-py runs one subscription's callbacks one after another: give each
+        # message its own task so a slow node never delays queries to others.
+        async def cb(msg: Msg) -> None:
+            task = asyncio.create_task(coro_fn(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return cb
+
+    # -- ownership -----------------------------------------------------------
+
+    async def register(self, node_id: str, handler: Handler) -> None:
+        _check_token("node id", node_id)
+        await self._local.register(node_id, handler)
+        self._owners[node_id] = self.process_id
+        await self._announce(node_id, held=True)
+
+    async def unregister(self, node_id: str, handler: Handler) -> None:
+        if self._local._handlers.get(node_id) is not handler:
+            return  # a newer link for this node already took over
+        await self._local.unregister(node_id, handler)
+        self._owners[node_id] = None
+        await self._announce(node_id, held=False)
+
+    def is_local(self, node_id: str) -> bool:
+        return self._local.is_local(node_id)
+
+    async def _announce(self, node_id: str, held: bool) -> None:
+        data = msgspec.msgpack.encode(_Ownership(node_id, self.process_id, held))
+        await self._client().publish(f"{self.prefix}.owner", data)
+
+    async def _on_owner(self, msg: Msg) -> None:
+        try:
+            own = msgspec.msgpack.decode(msg.data, type=_Ownership)
+        except msgspec.MsgspecError:
+            log.warning("ignoring a malformed ownership message on NATS")
+            return
+        if own.process_id == self.process_id:
+            return
+        if own.held:
+            self._owners[own.node_id] = own.process_id
+        elif self._owners.get(own.node_id) == own.process_id:
+            # Only the current owner's release counts: a late release from a
+            # process the node already left must not hide its new link.
+            self._owners[own.node_id] = None
+
+    async def _on_locate(self, msg: Msg) -> None:
+        node_id = msg.subject.rsplit(".", 1)[-1]
+        if self._local.is_local(node_id):
+            await msg.respond(self.process_id.encode())
+
+    async def _locate(self, node_id: str) -> str | None:
+        try:
+            reply = await self._client().request(
+                f"{self.prefix}.locate.{node_id}", b"", timeout=_LOCATE_SECONDS
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return None
+        owner: str = reply.data.decode()
+        self._owners[node_id] = owner
+        return owner
+
+    # -- queries ---------------------------------------------------------------
+
+    async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
+        if self._local.is_local(node_id):
+            return await self._local.request(node_id, req, timeout)
+        _check_token("node id", node_id)
+        deadline = time.monotonic() + timeout
+        owner = self._owners[node_id] if node_id in self._owners else await self._locate(node_id)
+        for attempt in range(2):
+            if owner is None or owner == self.process_id:
+                raise NodeNotConnected(node_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RelayTimeout(node_id, timeout)
+            req = msgspec.structs.replace(req, timeout_ms=max(1, int(remaining * 1000)))
+            try:
+                reply = await self._client().request(
+                    f"{self.prefix}.proc.{owner}.{node_id}",
+                    msgspec.msgpack.encode(req),
+                    timeout=remaining,
+                )
+            except nats.errors.TimeoutError:
+                raise RelayTimeout(node_id, timeout) from None
+            except nats.errors.NoRespondersError:
+                answer: QueryResponse | ErrorFrame = ErrorFrame(code=_NOT_CONNECTED)
+            else:
+                answer = msgspec.msgpack.decode(reply.data, type=QueryResponse | ErrorFrame)
+            if isinstance(answer, QueryResponse):
+                return answer
+            if answer.code == _TIMEOUT:
+                raise RelayTimeout(node_id, timeout)
+            if answer.code != _NOT_CONNECTED:
+                raise RoutingError(f"node {node_id}: {answer.code}: {answer.text}")
+            # The process we thought held it does not (moved or gone): ask again once.
+            self._owners[node_id] = None
+            owner = await self._locate(node_id) if attempt == 0 else None
+        raise NodeNotConnected(node_id)
+
+    async def _on_query(self, msg: Msg) -> None:
+        node_id = msg.subject.rsplit(".", 1)[-1]
+        answer: QueryResponse | ErrorFrame
+        try:
+            req = msgspec.msgpack.decode(msg.data, type=QueryRequest)
+        except msgspec.MsgspecError as exc:
+            answer = ErrorFrame(code="bad_request", text=str(exc))
+        else:
+            try:
+                answer = await self._local.request(node_id, req, req.timeout_ms / 1000)
+            except NodeNotConnected:
+                answer = ErrorFrame(code=_NOT_CONNECTED, id=req.id)
+            except RelayTimeout:
+                answer = ErrorFrame(code=_TIMEOUT, id=req.id)
+            except Exception as exc:
+                log.exception("relay handler for node %s failed", node_id)
+                answer = ErrorFrame(code=_HANDLER_FAILED, text=type(exc).__name__, id=req.id)
+        with contextlib.suppress(Exception):  # the requester may have given up
+            await msg.respond(msgspec.msgpack.encode(answer))
+
+    # -- presence ----------------------------------------------------------------
+
+    async def publish_presence(self, event: PresenceEvent) -> None:
+        event = msgspec.structs.replace(event, process_id=event.process_id or self.process_id)
+        await self._client().publish(f"{self.prefix}.presence", msgspec.msgpack.encode(event))
+
+    def subscribe_presence(self, callback: PresenceCallback) -> None:
+        self._presence.add(callback)
+
+    async def _on_presence(self, msg: Msg) -> None:
+        try:
+            event = msgspec.msgpack.decode(msg.data, type=PresenceEvent)
+        except msgspec.MsgspecError:
+            log.warning("ignoring a malformed presence message on NATS")
+            return
+        await self._presence.deliver(event)

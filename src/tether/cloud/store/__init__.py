@@ -1,0 +1,1 @@
+"""Database access, one module per concept. Functions take an open Session."""

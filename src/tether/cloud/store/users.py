@@ -1,0 +1,127 @@
+"""Users, API tokens and browser login sessions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets as pysecrets
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from tether.cloud.models import ApiToken, LoginSession, User, utcnow
+from tether.cloud.secrets import (
+    API_KIND,
+    DUMMY_PASSWORD_HASH,
+    aware,
+    hash_password,
+    new_token,
+    same_hash,
+    sha256_hex,
+    token_prefix,
+    verify_password,
+)
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def by_email(s: Session, email: str) -> User | None:
+    return s.scalar(select(User).where(User.email == normalize_email(email)))
+
+
+def create_user(s: Session, email: str, password: str, name: str = "") -> User:
+    email = normalize_email(email)
+    if "@" not in email or len(email) > 320:
+        raise ValueError(f"{email!r} is not an email address")
+    if len(password) < 8:
+        raise ValueError("the password must have at least 8 characters")
+    if by_email(s, email) is not None:
+        raise ValueError(f"a user with email {email} already exists")
+    user = User(
+        email=email, name=name or email.split("@")[0], password_hash=hash_password(password)
+    )
+    s.add(user)
+    s.flush()
+    return user
+
+
+def set_password(s: Session, user: User, password: str) -> None:
+    if len(password) < 8:
+        raise ValueError("the password must have at least 8 characters")
+    user.password_hash = hash_password(password)
+    # A new password signs out every browser.
+    s.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+
+
+def authenticate(s: Session, email: str, password: str) -> User | None:
+    user = by_email(s, email)
+    if user is None:
+        verify_password(DUMMY_PASSWORD_HASH, password)
+        return None
+    return user if verify_password(user.password_hash, password) else None
+
+
+def create_api_token(s: Session, user: User, name: str) -> tuple[str, ApiToken]:
+    token, prefix = new_token(API_KIND)
+    row = ApiToken(user_id=user.id, name=name[:200], prefix=prefix, token_hash=sha256_hex(token))
+    s.add(row)
+    s.flush()
+    return token, row
+
+
+def user_for_api_token(s: Session, token: str) -> User | None:
+    prefix = token_prefix(token, API_KIND)
+    if prefix is None:
+        return None
+    row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix))
+    if row is None or row.revoked or not same_hash(token, row.token_hash):
+        return None
+    return s.get(User, row.user_id)
+
+
+def touch_api_token(s: Session, token: str) -> None:
+    """Record use at most once a minute. Done in its own write transaction:
+    upgrading a read transaction to a write fails at once on SQLite."""
+    prefix = token_prefix(token, API_KIND)
+    row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix)) if prefix else None
+    now = utcnow()
+    if row is not None and (
+        row.last_used_at is None or now - aware(row.last_used_at) > dt.timedelta(minutes=1)
+    ):
+        row.last_used_at = now
+
+
+def needs_touch(s: Session, token: str) -> bool:
+    prefix = token_prefix(token, API_KIND)
+    row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix)) if prefix else None
+    return row is not None and (
+        row.last_used_at is None or utcnow() - aware(row.last_used_at) > dt.timedelta(minutes=1)
+    )
+
+
+def create_session(s: Session, user: User, days: int) -> tuple[str, LoginSession]:
+    sid = pysecrets.token_urlsafe(32)
+    row = LoginSession(
+        id_hash=sha256_hex(sid),
+        user_id=user.id,
+        csrf=pysecrets.token_urlsafe(24),
+        expires_at=utcnow() + dt.timedelta(days=days),
+    )
+    s.add(row)
+    s.flush()
+    return sid, row
+
+
+def session_for(s: Session, sid: str) -> tuple[User, LoginSession] | None:
+    row = s.get(LoginSession, sha256_hex(sid))
+    if row is None:
+        return None
+    if aware(row.expires_at) < utcnow():
+        return None
+    user = s.get(User, row.user_id)
+    return (user, row) if user else None
+
+
+def delete_session(s: Session, sid: str) -> None:
+    s.execute(delete(LoginSession).where(LoginSession.id_hash == sha256_hex(sid)))

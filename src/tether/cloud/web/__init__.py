@@ -1,0 +1,49 @@
+"""The Cloud's web UI: server-rendered pages (Jinja2), JS and CSS from the package.
+
+`routes()` is mounted last in `tether.cloud.app.create_app` since it owns "/".
+"""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tether.cloud.web import connect, manage, pages
+from tether.cloud.web.common import STATIC, VENDOR, SecureStatic
+
+
+def routes() -> list[BaseRoute]:
+    sp = "/spaces/{space_id}"
+    room = sp + "/rooms/{room_id}"
+    node = sp + "/nodes/{node_id}"
+    member = sp + "/members/{user_id}"
+    get, post = ["GET"], ["POST"]
+    return [
+        Route("/", pages.home, methods=get),
+        Route("/signin", pages.signin_form, methods=get),
+        Route("/signin", pages.signin, methods=post),
+        Route("/signout", pages.signout, methods=post),
+        Route("/spaces", pages.create_space, methods=post),
+        Route(sp, pages.space_home, methods=get),
+        Route(room, pages.room_page, methods=get),
+        Route(room + "/nodes.json", pages.room_nodes_json, methods=get),
+        Route(room + "/add", pages.add_nodes_form, methods=get),
+        Route(room + "/add", pages.add_nodes, methods=post),
+        Route(node, pages.node_page, methods=get),
+        Route(node + "/state.json", pages.node_json, methods=get),
+        Route(node + "/remove", pages.remove_node, methods=post),
+        Route(sp + "/connect", connect.connect_page, methods=get),
+        Route(sp + "/manage", manage.manage_page, methods=get),
+        Route(sp + "/rename", manage.rename_space, methods=post),
+        Route(sp + "/members", manage.add_member, methods=post),
+        Route(member + "/role", manage.change_member, methods=post),
+        Route(member + "/remove", manage.remove_member, methods=post),
+        Route(sp + "/rooms", manage.create_room, methods=post),
+        Route(room + "/rename", manage.rename_room, methods=post),
+        Route(room + "/delete", manage.delete_room, methods=post),
+        Route(sp + "/token/rotate", manage.rotate_token, methods=post),
+        Route("/ca.pem", connect.ca_pem, methods=get),
+        Route("/kickstart.sh", connect.kickstart, methods=get),
+        Mount("/ui/static", app=SecureStatic(StaticFiles(directory=STATIC))),
+        Mount("/ui/vendor", app=SecureStatic(StaticFiles(directory=VENDOR))),
+    ]

@@ -1,0 +1,269 @@
+"""What every UI page shares: templates, security headers, sign-in and CSRF
+checks, and the Space/room navigation every page shows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import jinja2
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.cloud import auth
+from tether.cloud.auth import Principal
+from tether.cloud.db import Database
+from tether.cloud.errors import ApiError
+from tether.cloud.models import Space
+from tether.cloud.secrets import aware
+from tether.cloud.store import nodes as node_store
+from tether.cloud.store import spaces as space_store
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+VENDOR = HERE.parent.parent / "static" / "vendor"
+
+# No inline script or style anywhere: JS and CSS come from /ui/static only.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+LOGIN_CSRF_COOKIE = "tether_login_csrf"
+
+env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def ago(value: dt.datetime | str | None, now: dt.datetime | None = None) -> str:
+    """'3 min ago' style text for a timestamp (the JS keeps it current)."""
+    if value is None:
+        return "never"
+    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else aware(value)
+    secs = int(((now or dt.datetime.now(dt.UTC)) - when).total_seconds())
+    if secs < 60:
+        return f"{max(secs, 0)} s ago"
+    if secs < 3600:
+        return f"{secs // 60} min ago"
+    if secs < 86400:
+        return f"{secs // 3600} h ago"
+    return f"{secs // 86400} d ago"
+
+
+env.filters["ago"] = ago
+
+
+class UiError(Exception):
+    """A problem shown to the user as a page with `status` and `message`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Redirect(Exception):  # control flow: raised to send the browser elsewhere
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+def secure(response: Response) -> Response:
+    for k, v in SECURITY_HEADERS.items():
+        response.headers.setdefault(k, v)
+    # Pages can hold a claiming token: keep them out of every cache.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> Response:
+    ctx.setdefault("user", None)
+    ctx.setdefault("space", None)
+    ctx.setdefault("title", "Tether")
+    ctx.setdefault("csrf", "")
+    ctx.setdefault("flash", None)
+    ctx.setdefault("spaces", [])
+    html = env.get_template(name).render(request=request, **ctx)
+    return secure(HTMLResponse(html, status_code=status))
+
+
+def redirect(url: str) -> Response:
+    return secure(RedirectResponse(url, status_code=303))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def page(fn: Handler) -> Handler:
+    """Turn UiError/ApiError/Redirect into pages and add the security headers."""
+
+    @functools.wraps(fn)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return secure(await fn(request))
+        except Redirect as r:
+            return redirect(r.url)
+        except UiError as e:
+            return render(request, "error.html", await _error_ctx(request, e), e.status)
+        except ApiError as e:
+            err = UiError(e.status, e.message)
+            return render(request, "error.html", await _error_ctx(request, err), e.status)
+
+    return wrapper
+
+
+async def _error_ctx(request: Request, e: UiError) -> dict[str, Any]:
+    try:
+        user = await auth.current_user(request)
+    except ApiError:
+        user = None
+    spaces: list[dict[str, str]] = []
+    if user is not None:
+        uid = user.user_id
+        spaces = await in_db(request, lambda s: [
+            {"id": sp.id, "name": sp.name, "role": r} for sp, r in space_store.spaces_of(s, uid)
+        ])
+    return {
+        "status": e.status,
+        "message": e.message,
+        "user": user,
+        "title": "Error",
+        "csrf": user.csrf if user else "",
+        "spaces": spaces,
+    }
+
+
+async def signed_in(request: Request) -> Principal:
+    """The browser's user, or a redirect to the sign-in page."""
+    user = await auth.current_user(request)
+    if user is None or user.via != "session":
+        target = request.url.path
+        if request.url.query:
+            target += "?" + request.url.query
+        raise Redirect("/signin?next=" + quote(target, safe=""))
+    return user
+
+
+async def form_of(request: Request, user: Principal) -> FormData:
+    """The posted form, after its CSRF token was checked against the session's."""
+    form = await request.form()
+    value = form.get("csrf_token")
+    try:
+        auth.check_csrf(request, user, value if isinstance(value, str) else None)
+    except ApiError:
+        raise UiError(
+            403,
+            "This form has expired or did not come from this site. "
+            "Go back, reload the page and try again.",
+        ) from None
+    return form
+
+
+def field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def new_login_csrf() -> str:
+    return secrets.token_urlsafe(24)
+
+
+T = TypeVar("T")
+
+
+async def in_db(request: Request, fn: Callable[[Session], T], write: bool = False) -> T:
+    """Run `fn(session)` in one transaction, off the event loop."""
+    db: Database = request.app.state.db
+
+    def run() -> T:
+        with db.session(write_lock=write) as s:
+            return fn(s)
+
+    try:
+        return await run_in_threadpool(run)
+    except ValueError as exc:
+        raise UiError(400, str(exc).capitalize() + ".") from None
+
+
+def member_space(
+    s: Session, user: Principal, space_id: str, needed: str = "member"
+) -> tuple[Space, str]:
+    """The Space and the user's role, or UiError 404/403."""
+    role = space_store.role_of(s, space_id.lower(), user.user_id)
+    space = s.get(Space, space_id.lower()) if role else None
+    if space is None or role is None:
+        raise UiError(404, "This Space does not exist or you are not one of its members.")
+    if not space_store.at_least(role, needed):
+        raise UiError(
+            403,
+            f"Only a Space {needed} can do this; you are a {role} of "
+            f"{space.name}. Ask one of its admins.",
+        )
+    return space, role
+
+
+def nav(s: Session, user: Principal, space: Space, role: str) -> dict[str, Any]:
+    """What the header and sidebar show for a Space."""
+    rooms = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "is_all_nodes": r.is_all_nodes,
+            "node_count": len(node_store.of_room(s, r.id)),
+        }
+        for r in space_store.rooms(s, space.id)
+    ]
+    return {
+        "user": user,
+        "csrf": user.csrf or "",
+        "space": {"id": space.id, "name": space.name},
+        "role": role,
+        "is_admin": role == "admin",
+        "can_manage": space_store.at_least(role, "manager"),
+        "spaces": [
+            {"id": sp.id, "name": sp.name, "role": r}
+            for sp, r in space_store.spaces_of(s, user.user_id)
+        ],
+        "rooms": rooms,
+    }
+
+
+class SecureStatic:
+    """Static files with the same security headers as the pages."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                for k, v in SECURITY_HEADERS.items():
+                    if k.lower().encode() not in names:
+                        headers.append((k.lower().encode(), v.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,351 @@
+"""Sign in and out, Spaces, War Rooms, the Nodes view and the node page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tether.cloud import auth
+from tether.cloud.auth import Principal
+from tether.cloud.models import Node, NodeRoom, Room, User
+from tether.cloud.secrets import iso
+from tether.cloud.store import claim_tokens
+from tether.cloud.store import nodes as node_store
+from tether.cloud.store import spaces as space_store
+from tether.cloud.store import users as user_store
+from tether.cloud.web.common import (
+    LOGIN_CSRF_COOKIE,
+    UiError,
+    field,
+    form_of,
+    in_db,
+    member_space,
+    nav,
+    new_login_csrf,
+    page,
+    redirect,
+    render,
+    signed_in,
+)
+
+RANGES = {"5m": 300, "1h": 3600}
+
+
+def safe_next(value: str | None) -> str:
+    """Only same-site paths: never redirect a signed-in user to another site."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+def node_view(node: Node, space_id: str) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "hostname": node.hostname,
+        "state": node.state,
+        "unreachable": node.state != "live",
+        "state_since": iso(node.state_since),
+        "state_cause": node.state_cause or "",
+        "os": node.os or "",
+        "agent_version": node.agent_version or "",
+        "rooms": sorted(r.name for r in node.rooms if not r.is_all_nodes),
+        "last_address": node.last_address or "",
+        "url": f"/spaces/{space_id}/nodes/{node.id}",
+    }
+
+
+# --- sign in / out ------------------------------------------------------------
+
+
+@page
+async def signin_form(request: Request) -> Response:
+    user = await auth.current_user(request)
+    if user is not None and user.via == "session":
+        return redirect(safe_next(request.query_params.get("next")))
+    return _signin_page(request, "", 200)
+
+
+def _signin_page(request: Request, error: str, status: int, email: str = "") -> Response:
+    token = new_login_csrf()
+    response = render(
+        request,
+        "signin.html",
+        {
+            "title": "Sign in",
+            "login_csrf": token,
+            "error": error,
+            "email": email,
+            "next": safe_next(request.query_params.get("next")),
+        },
+        status,
+    )
+    # Login CSRF: the form must echo this cookie, which another site cannot read.
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        httponly=True,
+        secure=not request.app.state.settings.insecure_http,
+        samesite="strict",
+        path="/signin",
+    )
+    return response
+
+
+@page
+async def signin(request: Request) -> Response:
+    import hmac
+
+    form = await request.form()
+    email, password, sent = field(form, "email"), form.get("password"), field(form, "login_csrf")
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not sent or not cookie or not hmac.compare_digest(sent, cookie):
+        return _signin_page(request, "The sign-in form expired; please try again.", 403, email)
+    if not email or not isinstance(password, str) or not password:
+        return _signin_page(request, "Enter your email and password.", 400, email)
+    days = request.app.state.settings.session_days
+
+    def login(s: Session) -> str | None:
+        user = user_store.authenticate(s, email, password)
+        if user is None:
+            return None
+        sid, _ = user_store.create_session(s, user, days)
+        return sid
+
+    sid = await in_db(request, login, write=True)
+    if sid is None:
+        return _signin_page(request, "Wrong email or password.", 401, email)
+    response = redirect(safe_next(field(form, "next")))
+    auth.set_session_cookie(request, response, sid)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/signin")
+    return response
+
+
+@page
+async def signout(request: Request) -> Response:
+    user = await signed_in(request)
+    await form_of(request, user)
+    sid = request.cookies.get(auth.SESSION_COOKIE, "")
+    await in_db(request, lambda s: user_store.delete_session(s, sid), write=True)
+    response = redirect("/signin")
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    return response
+
+
+# --- Spaces and rooms ---------------------------------------------------------
+
+
+@page
+async def home(request: Request) -> Response:
+    user = await signed_in(request)
+    spaces = await in_db(request, lambda s: space_store.spaces_of(s, user.user_id))
+    if spaces:
+        return redirect(f"/spaces/{spaces[0][0].id}")
+    return render(
+        request,
+        "no_space.html",
+        {
+            "title": "No Space yet",
+            "user": user,
+            "csrf": user.csrf or "",
+            "spaces": [],
+        },
+    )
+
+
+@page
+async def create_space(request: Request) -> Response:
+    user = await signed_in(request)
+    form = await form_of(request, user)
+    name = field(form, "name")
+
+    def create(s: Session) -> str:
+        owner = s.get(User, user.user_id)
+        assert owner is not None
+        space = space_store.create_space(s, name, owner)
+        claim_tokens.rotate(s, request.app.state.secret_box, space.id, owner.id)
+        return space.id
+
+    space_id = await in_db(request, create, write=True)
+    return redirect(f"/spaces/{space_id}")
+
+
+@page
+async def space_home(request: Request) -> Response:
+    user = await signed_in(request)
+    space_id = request.path_params["space_id"]
+
+    def first_room(s: Session) -> str:
+        space, _ = member_space(s, user, space_id)
+        return space_store.all_nodes_room(s, space.id).id
+
+    room_id = await in_db(request, first_room)
+    return redirect(f"/spaces/{space_id}/rooms/{room_id}")
+
+
+def _room(s: Session, space_id: str, room_id: str) -> Room:
+    room = space_store.room_in_space(s, space_id, room_id.lower())
+    if room is None:
+        raise UiError(404, "This War Room does not exist (it may have been deleted).")
+    return room
+
+
+def room_nodes(s: Session, user: Principal, space_id: str, room_id: str) -> dict[str, Any]:
+    space, role = member_space(s, user, space_id)
+    room = _room(s, space.id, room_id)
+    nodes = [node_view(n, space.id) for n in node_store.of_room(s, room.id)]
+    return {"space": space, "role": role, "room": room, "nodes": nodes}
+
+
+def room_counts(s: Session, space_id: str) -> dict[str, int]:
+    """Nodes per War Room of a Space, for the sidebar."""
+    rows = s.execute(
+        select(NodeRoom.room_id, func.count())
+        .join(Room, Room.id == NodeRoom.room_id)
+        .where(Room.space_id == space_id)
+        .group_by(NodeRoom.room_id)
+    )
+    return {room_id: int(n) for room_id, n in rows}
+
+
+@page
+async def room_page(request: Request) -> Response:
+    user = await signed_in(request)
+    sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+
+    def load(s: Session) -> dict[str, Any]:
+        found = room_nodes(s, user, sid, rid)
+        ctx = nav(s, user, found["space"], found["role"])
+        room = found["room"]
+        space_nodes = node_store.of_space(s, found["space"].id)
+        ctx.update(
+            title=room.name,
+            room={"id": room.id, "name": room.name, "is_all_nodes": room.is_all_nodes},
+            nodes=found["nodes"],
+            space_node_count=len(space_nodes),
+        )
+        return ctx
+
+    ctx = await in_db(request, load)
+    return render(request, "room.html", ctx)
+
+
+@page
+async def room_nodes_json(request: Request) -> Response:
+    """What the Nodes view polls every 2 s to update itself without a reload."""
+    user = await signed_in(request)
+    sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+    def load(s: Session) -> dict[str, Any]:
+        found = room_nodes(s, user, sid, rid)
+        return {"nodes": found["nodes"], "room_counts": room_counts(s, found["space"].id)}
+
+    return JSONResponse(await in_db(request, load))
+
+
+@page
+async def add_nodes_form(request: Request) -> Response:
+    user = await signed_in(request)
+    sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+
+    def load(s: Session) -> dict[str, Any]:
+        space, role = member_space(s, user, sid, "manager")
+        room = _room(s, space.id, rid)
+        inside = {n.id for n in node_store.of_room(s, room.id)}
+        ctx = nav(s, user, space, role)
+        ctx.update(
+            title=f"Add nodes to {room.name}",
+            room={"id": room.id, "name": room.name},
+            candidates=[
+                node_view(n, space.id)
+                for n in node_store.of_space(s, space.id)
+                if n.id not in inside
+            ],
+        )
+        return ctx
+
+    return render(request, "add_nodes.html", await in_db(request, load))
+
+
+@page
+async def add_nodes(request: Request) -> Response:
+    user = await signed_in(request)
+    form = await form_of(request, user)
+    sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+    wanted = [v for v in form.getlist("node") if isinstance(v, str)]
+
+    def add(s: Session) -> None:
+        space, _ = member_space(s, user, sid, "manager")
+        room = _room(s, space.id, rid)
+        for node_id in wanted:
+            node = node_store.in_space(s, space.id, node_id)
+            if node is None:
+                raise UiError(404, "One of the chosen nodes is no longer in this Space.")
+            node_store.add_to_room(s, node, room)
+
+    await in_db(request, add, write=True)
+    return redirect(f"/spaces/{sid}/rooms/{rid}")
+
+
+# --- nodes --------------------------------------------------------------------
+
+
+def _node(s: Session, space_id: str, node_id: str) -> Node:
+    node = node_store.in_space(s, space_id, node_id)
+    if node is None:
+        raise UiError(404, "This node is not in the Space (it may have been removed).")
+    return node
+
+
+@page
+async def node_page(request: Request) -> Response:
+    user = await signed_in(request)
+    sid, nid = request.path_params["space_id"], request.path_params["node_id"]
+    range_key = request.query_params.get("range", "5m")
+    if range_key not in RANGES:
+        range_key = "5m"
+
+    def load(s: Session) -> dict[str, Any]:
+        space, role = member_space(s, user, sid)
+        node = _node(s, space.id, nid)
+        ctx = nav(s, user, space, role)
+        ctx.update(
+            title=node.hostname,
+            node=node_view(node, space.id),
+            events=[node_store.event_json(e) for e in node_store.events(s, node.id, 10)],
+        )
+        return ctx
+
+    ctx = await in_db(request, load)
+    ctx.update(range_key=range_key, range_seconds=RANGES[range_key], ranges=list(RANGES))
+    return render(request, "node.html", ctx)
+
+
+@page
+async def node_json(request: Request) -> Response:
+    user = await signed_in(request)
+    sid, nid = request.path_params["space_id"], request.path_params["node_id"]
+
+    def load(s: Session) -> dict[str, Any]:
+        space, _ = member_space(s, user, sid)
+        return node_view(_node(s, space.id, nid), space.id)
+
+    return JSONResponse(await in_db(request, load))
+
+
+@page
+async def remove_node(request: Request) -> Response:
+    user = await signed_in(request)
+    await form_of(request, user)
+    sid, nid = request.path_params["space_id"], request.path_params["node_id"]
+
+    def remove(s: Session) -> None:
+        space, _ = member_space(s, user, sid, "manager")
+        node_store.remove(s, _node(s, space.id, nid), user.email)
+
+    await in_db(request, remove, write=True)
+    return redirect(f"/spaces/{sid}")
+

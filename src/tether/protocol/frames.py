@@ -1,0 +1,234 @@
+"""The link's frames: versioned, typed msgspec Structs over MessagePack.
+
+Every WebSocket binary message on the link carries exactly one frame. A frame
+is a MessagePack map tagged by `t` (its type) and `v` (the protocol version).
+Maps rather than arrays so a newer peer may add optional fields that an older
+peer ignores; `v` changes only on incompatible changes and a frame with another
+`v` is refused.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Final, Literal
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME_SIZE: Final = 4 * 1024 * 1024
+# Bodies above this are zlib-compressed inside the frame: per-message deflate is
+# off on the link because it doubles the memory each idle connection costs.
+COMPRESS_THRESHOLD: Final = 8 * 1024
+# A compressed body may not inflate past this (guards against zip bombs).
+MAX_BODY_SIZE: Final = 64 * 1024 * 1024
+
+Encoding = Literal["identity", "zlib"]
+
+
+class ProtocolError(Exception):
+    """A frame or a sequence of frames breaks the protocol.
+
+    `close_code` is the WebSocket close code the link should close with.
+    """
+
+    def __init__(self, reason: str, close_code: int = 4000) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close_code = close_code
+
+
+class _Frame(msgspec.Struct, tag_field="t", kw_only=True):
+    v: int = PROTOCOL_VERSION
+
+
+class ChartsSummary(msgspec.Struct, kw_only=True):
+    charts: int = 0
+    dimensions: int = 0
+    collectors: list[str] = msgspec.field(default_factory=list)
+
+
+class Hello(_Frame, tag="hello", kw_only=True):
+    """First frame from the agent: who it is and what it can do."""
+
+    agent_version: str
+    hostname: str
+    os: str
+    machine_guid: str
+    machine_id: str = ""
+    boot_id: str = ""
+    charts: ChartsSummary = msgspec.field(default_factory=ChartsSummary)
+    capabilities: list[str] = msgspec.field(default_factory=list)
+
+
+class HelloAck(_Frame, tag="hello_ack", kw_only=True):
+    """The Cloud's answer to Hello: the link is ready."""
+
+    session_id: str
+    keepalive_seconds: float
+    cloud_time: float
+
+
+class NodeUpdate(_Frame, tag="node_update", kw_only=True):
+    """Metadata that changed since Hello; absent fields are unchanged."""
+
+    hostname: str | None = None
+    os: str | None = None
+    agent_version: str | None = None
+    charts: ChartsSummary | None = None
+
+
+class AlertTransition(_Frame, tag="alert", kw_only=True):
+    name: str
+    chart: str
+    old_status: str
+    new_status: str
+    value: float | None = None
+    at: float
+
+
+class QueryRequest(_Frame, tag="query", kw_only=True):
+    """Cloud to agent: answer `method path?query` from the local API."""
+
+    id: int
+    method: str = "GET"
+    path: str
+    query: str = ""
+    timeout_ms: int = 10_000
+
+
+class QueryResponse(_Frame, tag="response", kw_only=True):
+    """Agent to Cloud: the answer to QueryRequest `id`."""
+
+    id: int
+    status: int
+    content_type: str = "application/json"
+    body: bytes = b""
+    encoding: Encoding = "identity"
+
+
+class Disconnect(_Frame, tag="disconnect", kw_only=True):
+    """Cloud to agent: the Cloud is closing the link; come back after a delay."""
+
+    code: str
+    text: str = ""
+    reconnect_after_seconds: float | None = None
+
+
+class Reload(_Frame, tag="reload", kw_only=True):
+    """Cloud to agent: re-read the claiming state and reconnect."""
+
+    reason: str = ""
+
+
+class Goodbye(_Frame, tag="goodbye", kw_only=True):
+    """Agent to Cloud on a graceful stop: why, and when to expect it back."""
+
+    reason: Literal["restart", "shutdown", "upgrade", "unclaim"]
+    expected_back_seconds: float | None = None
+
+
+class ErrorFrame(_Frame, tag="error", kw_only=True):
+    """Either side: something failed. With `id`, it answers that query."""
+
+    code: str
+    text: str = ""
+    id: int | None = None
+
+
+Frame = (
+    Hello
+    | HelloAck
+    | NodeUpdate
+    | AlertTransition
+    | QueryRequest
+    | QueryResponse
+    | Disconnect
+    | Reload
+    | Goodbye
+    | ErrorFrame
+)
+
+FRAME_TYPES: Final[tuple[type[_Frame], ...]] = (
+    Hello,
+    HelloAck,
+    NodeUpdate,
+    AlertTransition,
+    QueryRequest,
+    QueryResponse,
+    Disconnect,
+    Reload,
+    Goodbye,
+    ErrorFrame,
+)
+
+
+class _Envelope(msgspec.Struct):
+    t: str
+    v: int
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+
+
+def encode(frame: Frame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def decode(data: bytes, max_size: int = MAX_FRAME_SIZE) -> Frame:
+    """Decode one frame, raising ProtocolError with a reason on any fault."""
+    if len(data) > max_size:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the {max_size} byte limit", 1009)
+    try:
+        frame = _decoder.decode(data)
+    except (msgspec.MsgspecError, ValueError) as exc:  # bad UTF-8 raises ValueError
+        raise ProtocolError(_explain(data, exc)) from None
+    if frame.v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {frame.v} (this side speaks {PROTOCOL_VERSION})"
+        )
+    return frame
+
+
+def _explain(data: bytes, exc: Exception) -> str:
+    """Name the version or type when a frame fails to decode, else the fault."""
+    try:
+        env = _envelope_decoder.decode(data)
+    except (msgspec.MsgspecError, ValueError):
+        return f"malformed frame: {exc}"
+    if env.v != PROTOCOL_VERSION:
+        return f"unsupported protocol version {env.v} (this side speaks {PROTOCOL_VERSION})"
+    known = {t.__struct_config__.tag for t in FRAME_TYPES}
+    if env.t not in known:
+        return f"unknown frame type {env.t[:40]!r}"
+    return f"malformed {env.t} frame: {exc}"
+
+
+def make_response(
+    query_id: int, status: int, content_type: str, body: bytes
+) -> QueryResponse:
+    """A QueryResponse whose body is compressed when that pays off."""
+    if len(body) > COMPRESS_THRESHOLD:
+        packed = zlib.compress(body, 6)
+        if len(packed) < len(body):
+            return QueryResponse(
+                id=query_id, status=status, content_type=content_type, body=packed, encoding="zlib"
+            )
+    return QueryResponse(id=query_id, status=status, content_type=content_type, body=body)
+
+
+def response_body(response: QueryResponse, max_size: int = MAX_BODY_SIZE) -> bytes:
+    """The plain body of a response, refusing bodies that inflate past max_size."""
+    if response.encoding == "identity":
+        return response.body
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(response.body, max_size)
+    except zlib.error as exc:
+        raise ProtocolError(f"response {response.id}: corrupt zlib body: {exc}") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ProtocolError(
+            f"response {response.id}: body is truncated or inflates past {max_size} bytes"
+        )
+    return out

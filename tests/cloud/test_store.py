@@ -1,0 +1,60 @@
+"""Node state changes as the link will drive them, on the real database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tether.cloud.db import Database, migrate
+from tether.cloud.models import Node, User
+from tether.cloud.store import nodes as node_store
+from tether.cloud.store import spaces as space_store
+
+
+def test_late_close_of_old_session_does_not_mark_newer_offline(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    drop = None
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    if os.environ.get(PG_ENV):
+        url, drop = _create_pg_database(os.environ[PG_ENV])
+    db = Database(url)
+    try:
+        migrate(db.engine)
+        nid = str(uuid.uuid4())
+        with db.session(write_lock=True) as s:
+            user = User(email="a@b.c", name="a", password_hash="x")
+            s.add(user)
+            s.flush()
+            space = space_store.create_space(s, "S", user)
+            s.add(
+                Node(
+                    id=nid,
+                    space_id=space.id,
+                    hostname="h",
+                    public_key_pem="k",
+                    public_key_sha256="f",
+                )
+            )
+        with db.session(write_lock=True) as s:
+            node = s.get(Node, nid)
+            assert node is not None
+            assert node_store.set_state(s, node, "live", "connected", session_id="one")
+            assert node_store.set_state(s, node, "live", "reconnected", session_id="two")
+            assert not node_store.set_state(s, node, "offline", "closed", session_id="one")
+            assert node.state == "live" and node.connected_session_id == "two"
+            assert node_store.set_state(s, node, "offline", "keepalive lost", session_id="two")
+        with db.session(write_lock=True) as s:
+            outsider = User(email="o@b.c", name="o", password_hash="x")
+            s.add(outsider)
+            s.flush()
+            assert node_store.visible_to(s, user.id, nid) is not None
+            assert node_store.visible_to(s, outsider.id, nid) is None
+            assert node_store.visible_to(s, user.id, str(uuid.uuid4())) is None
+        with db.session() as s:
+            kinds = [(e.kind, e.state, e.cause) for e in node_store.events(s, nid)]
+        assert kinds[0] == ("state", "offline", "keepalive lost")
+        assert len(kinds) == 3
+    finally:
+        db.dispose()
+        if drop:
+            drop()

@@ -1,0 +1,286 @@
+"""The relay's router: in memory, and across two Cloud "processes" through real NATS.
+
+The NATS tests use the machine's server at 127.0.0.1:4222 with a unique subject
+prefix per test, so they run in parallel without seeing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+
+from tether.cloud.routing import (
+    InMemoryRouter,
+    NatsRouter,
+    NodeNotConnected,
+    PresenceEvent,
+    RelayTimeout,
+    Router,
+    RoutingError,
+)
+from tether.protocol.frames import QueryRequest, QueryResponse, make_response, response_body
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+Handler = Callable[[QueryRequest], Awaitable[QueryResponse]]
+
+
+def agent_handler(name: str, delay: float = 0.0) -> Handler:
+    """Answers like an agent would: echoes who answered, the path and the budget."""
+
+    async def handle(req: QueryRequest) -> QueryResponse:
+        await asyncio.sleep(delay)
+        body = msgspec.json.encode({"by": name, "path": req.path, "timeout_ms": req.timeout_ms})
+        return QueryResponse(id=req.id, status=200, body=body)
+
+    return handle
+
+
+def answer(resp: QueryResponse) -> dict[str, object]:
+    return msgspec.json.decode(response_body(resp))  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def nats_pair() -> AsyncIterator[tuple[NatsRouter, NatsRouter]]:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    a, b = NatsRouter(NATS_URL, prefix), NatsRouter(NATS_URL, prefix)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
+
+
+# -- in memory ----------------------------------------------------------------
+
+
+def test_in_memory_request_reaches_handler() -> None:
+    async def main() -> None:
+        r: Router = InMemoryRouter()
+        await r.register("n1", agent_handler("local"))
+        resp = await r.request("n1", QueryRequest(id=1, path="/api/v1/info"), timeout=2)
+        assert answer(resp) == {"by": "local", "path": "/api/v1/info", "timeout_ms": 2000}
+        with pytest.raises(NodeNotConnected, match="node n2 is not connected"):
+            await r.request("n2", QueryRequest(id=2, path="/"), timeout=2)
+
+    run(main())
+
+
+def test_in_memory_timeout_and_concurrency() -> None:
+    async def main() -> None:
+        r = InMemoryRouter()
+        await r.register("slow", agent_handler("slow", delay=5))
+        await r.register("n", agent_handler("n", delay=0.2))
+        started = time.monotonic()
+        with pytest.raises(RelayTimeout, match=r"did not answer within 0\.3 s"):
+            await r.request("slow", QueryRequest(id=1, path="/"), timeout=0.3)
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(r.request("n", QueryRequest(id=i, path=f"/{i}"), timeout=3) for i in range(20))
+        )
+        assert [answer(a)["path"] for a in answers] == [f"/{i}" for i in range(20)]
+        assert time.monotonic() - started < 1.5  # in parallel, not 20 x 0.2 s
+
+    run(main())
+
+
+def test_in_memory_stale_unregister_keeps_newer_link() -> None:
+    async def main() -> None:
+        r = InMemoryRouter()
+        old, new = agent_handler("old"), agent_handler("new")
+        await r.register("n", old)
+        await r.register("n", new)  # same identity connects again
+        await r.unregister("n", old)  # the old link's close arrives late
+        assert answer(await r.request("n", QueryRequest(id=1, path="/"), timeout=1))["by"] == "new"
+        await r.unregister("n", new)
+        assert not r.is_local("n")
+
+    run(main())
+
+
+def test_in_memory_presence_callbacks() -> None:
+    async def main() -> None:
+        r = InMemoryRouter()
+        seen: list[PresenceEvent] = []
+
+        async def on(e: PresenceEvent) -> None:
+            seen.append(e)
+
+        r.subscribe_presence(on)
+        await r.publish_presence(PresenceEvent(node_id="n", state="live", session_id="s", at=1.0))
+        assert [(e.node_id, e.state) for e in seen] == [("n", "live")]
+
+    run(main())
+
+
+# -- NATS -----------------------------------------------------------------------
+
+
+@pytest.mark.nats
+def test_nats_request_reaches_node_on_other_process() -> None:
+    async def main() -> None:
+        async with nats_pair() as (a, b):
+            await b.register("node-1", agent_handler("b"))
+            await asyncio.sleep(0.05)  # ownership broadcast reaches a
+            resp = await a.request("node-1", QueryRequest(id=7, path="/api/v1/data"), timeout=2)
+            body = answer(resp)
+            assert body["by"] == "b" and body["path"] == "/api/v1/data"
+            assert 0 < int(body["timeout_ms"]) <= 2000  # type: ignore[call-overload]
+            assert resp.id == 7
+            # A process that started after the node linked finds it by asking.
+            late = NatsRouter(NATS_URL, a.prefix)
+            await late.start()
+            try:
+                resp = await late.request("node-1", QueryRequest(id=8, path="/x"), timeout=2)
+                assert answer(resp)["by"] == "b"
+            finally:
+                await late.close()
+
+    run(main())
+
+
+@pytest.mark.nats
+def test_nats_unknown_node_and_timeout() -> None:
+    async def main() -> None:
+        async with nats_pair() as (a, b):
+            started = time.monotonic()
+            with pytest.raises(NodeNotConnected):
+                await a.request("nobody", QueryRequest(id=1, path="/"), timeout=5)
+            assert time.monotonic() - started < 1.0  # not the full timeout
+            await b.register("slow", agent_handler("b", delay=10))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(RelayTimeout):
+                await a.request("slow", QueryRequest(id=2, path="/"), timeout=0.5)
+            assert time.monotonic() - started < 1.5
+
+    run(main())
+
+
+@pytest.mark.nats
+def test_nats_concurrent_requests_and_large_answers() -> None:
+    async def main() -> None:
+        async with nats_pair() as (a, b):
+            await b.register("n", agent_handler("b", delay=0.2))
+            big = b'{"data":[' + b"[1700000000,1.5,2.25]," * 20000 + b"[0]]}"
+
+            async def big_handler(req: QueryRequest) -> QueryResponse:
+                return make_response(req.id, 200, "application/json", big)
+
+            await b.register("big", big_handler)
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            answers = await asyncio.gather(
+                *(a.request("n", QueryRequest(id=i, path=f"/{i}"), timeout=5) for i in range(30))
+            )
+            assert [answer(x)["path"] for x in answers] == [f"/{i}" for i in range(30)]
+            assert time.monotonic() - started < 2.0  # in parallel, not 30 x 0.2 s
+            resp = await a.request("big", QueryRequest(id=99, path="/"), timeout=5)
+            assert resp.encoding == "zlib" and len(resp.body) < len(big) / 5
+            assert response_body(resp) == big
+
+    run(main())
+
+
+@pytest.mark.nats
+def test_nats_node_moves_and_goes_away() -> None:
+    async def main() -> None:
+        async with nats_pair() as (a, b):
+            h_b = agent_handler("b")
+            await b.register("n", h_b)
+            await asyncio.sleep(0.05)
+            resp = await a.request("n", QueryRequest(id=1, path="/"), timeout=2)
+            assert answer(resp)["by"] == "b"
+            # The node reconnects to a: a answers locally, b's late close changes nothing.
+            await a.register("n", agent_handler("a"))
+            await b.unregister("n", h_b)
+            await asyncio.sleep(0.05)
+            resp = await b.request("n", QueryRequest(id=2, path="/"), timeout=2)
+            assert answer(resp)["by"] == "a"
+            # Then it leaves for good: both sides say not connected, quickly.
+            await a.unregister("n", a._local._handlers["n"])
+            await asyncio.sleep(0.05)
+            for r in (a, b):
+                with pytest.raises(NodeNotConnected):
+                    await r.request("n", QueryRequest(id=3, path="/"), timeout=2)
+
+    run(main())
+
+
+@pytest.mark.nats
+def test_nats_owner_process_gone() -> None:
+    async def main() -> None:
+        prefix = "t" + uuid.uuid4().hex[:12]
+        a, b = NatsRouter(NATS_URL, prefix), NatsRouter(NATS_URL, prefix)
+        await a.start()
+        await b.start()
+        try:
+            await b.register("n", agent_handler("b"))
+            await asyncio.sleep(0.05)
+            assert a._owners["n"] == b.process_id
+            # b dies without a word (its NATS connection just closes).
+            await b._client().close()
+            await asyncio.sleep(0.2)  # the NATS server notices the closed connection
+            started = time.monotonic()
+            with pytest.raises(NodeNotConnected):
+                await a.request("n", QueryRequest(id=1, path="/"), timeout=3)
+            assert time.monotonic() - started < 1.5
+        finally:
+            await a.close()
+
+    run(main())
+
+
+@pytest.mark.nats
+def test_nats_presence_reaches_every_process() -> None:
+    async def main() -> None:
+        async with nats_pair() as (a, b):
+            seen: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+            for name, r in (("a", a), ("b", b)):
+
+                async def on(e: PresenceEvent, name: str = name) -> None:
+                    seen[name].append((e.state, e.cause))
+
+                r.subscribe_presence(on)
+            for state in ("live", "offline", "live"):
+                await b.publish_presence(
+                    PresenceEvent(node_id="n", state=state, session_id="s", at=time.time(),
+                                  cause="test")
+                )
+            await asyncio.sleep(0.2)
+            expected = [("live", "test"), ("offline", "test"), ("live", "test")]
+            assert seen == {"a": expected, "b": expected}  # in order, on both
+
+    run(main())
+
+
+def test_nats_unreachable_server_named() -> None:
+    async def main() -> None:
+        from tests.fixtures.common import free_port
+
+        url = f"nats://127.0.0.1:{free_port()}"
+        r = NatsRouter(url, "t" + uuid.uuid4().hex[:8], connect_timeout=1)
+        with pytest.raises(RoutingError, match=f"cannot connect to NATS at {re.escape(url)}"):
+            await r.start()
+
+    run(main())
+
+
+def test_bad_subject_tokens_refused() -> None:
+    with pytest.raises(ValueError, match="subject prefix"):
+        NatsRouter(NATS_URL, "a.b")
