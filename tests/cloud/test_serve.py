@@ -9,6 +9,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -39,6 +40,10 @@ def test_tls_ca_persists_and_quickstart_is_idempotent(start_cloud) -> None:  # t
     assert again.claim_token == first.claim_token
     assert again.admin_password is None  # not reprinted, not reset
     assert again.api_token != first.api_token
+    # The human text goes to stderr after the JSON line: give it a moment.
+    deadline = time.monotonic() + 10
+    while "set-password" not in again.log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "set-password" in again.log_file.read_text()
     assert len(nodes(again)) == 1
     assert nodes(again, token=first.api_token)  # the old API token still works

@@ -6,9 +6,12 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
+import pytest
+
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import clean_env, command
+from tests.fixtures.proxies import ProxyProcess
 from tests.link.conftest import Linked, cloud_args, poll, trust
 
 
@@ -65,7 +68,9 @@ def test_agent_w_claim_exits_with_the_claim_exit_code(
 
 
 def test_claim_on_start_is_idempotent_across_restarts(
-    start_cloud: Callable[..., Cloud], start_agent: AgentLauncher, tmp_path_factory
+    start_cloud: Callable[..., Cloud],
+    start_agent: AgentLauncher,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     cloud = start_cloud(*cloud_args())
     prefix = tmp_path_factory.mktemp("agent-cos")
@@ -92,7 +97,9 @@ def test_claim_on_start_is_idempotent_across_restarts(
 
 
 def test_claim_on_start_accepts_netdata_names(
-    start_cloud: Callable[..., Cloud], start_agent: AgentLauncher, tmp_path_factory
+    start_cloud: Callable[..., Cloud],
+    start_agent: AgentLauncher,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     cloud = start_cloud(*cloud_args())
     prefix = tmp_path_factory.mktemp("agent-nd")
@@ -104,7 +111,9 @@ def test_claim_on_start_accepts_netdata_names(
 
 
 def test_claim_on_start_failure_keeps_the_agent_running(
-    start_cloud: Callable[..., Cloud], start_agent: AgentLauncher, tmp_path_factory
+    start_cloud: Callable[..., Cloud],
+    start_agent: AgentLauncher,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     cloud = start_cloud(*cloud_args())
     prefix = tmp_path_factory.mktemp("agent-bad")
@@ -117,3 +126,26 @@ def test_claim_on_start_failure_keeps_the_agent_running(
     assert "claim on start failed" in log and "wrong-token" not in log
     assert agent.proc.poll() is None
     assert space_nodes(cloud) == []
+
+
+def test_claim_on_start_proxy_also_carries_the_link(
+    start_cloud: Callable[..., Cloud],
+    start_agent: AgentLauncher,
+    tmp_path_factory: pytest.TempPathFactory,
+    socks_proxy_auth: ProxyProcess,
+) -> None:
+    cloud = start_cloud(*cloud_args())
+    prefix = tmp_path_factory.mktemp("agent-proxy")
+    trust(prefix, cloud)
+    env = {
+        "TETHER_CLAIM_TOKEN": cloud.claim_token,
+        "TETHER_CLAIM_URL": cloud.url,
+        "TETHER_CLAIM_PROXY": socks_proxy_auth.url("socks5h"),
+    }
+    agent = start_agent(prefix=prefix, env=env)
+    node_id = poll(lambda: agent.info()["claimed_id"], 20, "the agent to claim on start")
+    linked = Linked(cloud, agent, node_id)
+    linked.wait_state("live", 10)
+    st = linked.aclk()
+    assert f"127.0.0.1:{socks_proxy_auth.port}" in st["proxy"], st
+    assert socks_proxy_auth.password and socks_proxy_auth.password not in agent.log_text()

@@ -10,18 +10,33 @@ from __future__ import annotations
 
 import shutil
 import signal
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.link.conftest import KEEPALIVE, Linked, cloud_args, link_agent, poll
+from tether.paths import AgentPaths
 
 
 def cpu_through_cloud(linked: Linked) -> dict[str, Any]:
-    r = linked.relay("data", chart="system.cpu", after=-5, points=5)
+    # A freshly started agent has no CPU chart until its second collection.
+    r = poll(
+        lambda: (
+            (r := linked.relay("data", chart="system.cpu", after=-5, points=5)).status_code != 404
+            and r
+        ),
+        10,
+        "the CPU chart",
+        every=0.3,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"] == "system.cpu"
@@ -50,6 +65,7 @@ def test_claim_live_query_then_cloud_killed_and_back(
     assert st["link_url"] == f"wss://{cloud.url.split('://', 1)[1].rstrip('/')}/aclk"
     assert st["proxy"].startswith("no proxy")
     text = agent.cli("aclk-state").stdout
+    print(f"tether-cli aclk-state:\n{text}")
     assert "connected since:" in text and "link url: wss://" in text
     assert "ACLK connected to wss://" in agent.log_text()
 
@@ -61,6 +77,12 @@ def test_claim_live_query_then_cloud_killed_and_back(
     # Other documented relay paths, and several queries in flight on one link.
     r = linked.relay("info")
     assert r.status_code == 200 and r.json()["machine_guid"] == info["machine_guid"]
+    r = linked.relay("alarms")
+    assert r.status_code == 200, r.text
+    # A large answer (compressed inside the frame) arrives whole.
+    r = linked.relay("charts")
+    assert r.status_code == 200 and len(r.content) > 8 * 1024, len(r.content)
+    assert set(r.json()["charts"]) == set(agent.get("/api/v1/charts").json()["charts"])
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: linked.relay("charts").status_code, range(16)))
     assert answers == [200] * 16
@@ -86,6 +108,7 @@ def test_claim_live_query_then_cloud_killed_and_back(
     assert linked.aclk()["connected"] is True
     cpu_through_cloud(linked)
     assert "Bearer" not in agent.log_text()
+    print("\n".join(x for x in agent.log_text().splitlines() if "ACLK" in x))
 
 
 def test_agent_killed_goes_offline_within_keepalive(linked: Linked) -> None:
@@ -101,27 +124,42 @@ def test_agent_killed_goes_offline_within_keepalive(linked: Linked) -> None:
     assert r.status_code in (502, 503, 504), r.text
 
 
-def test_graceful_stop_tells_the_cloud_why(linked: Linked) -> None:
-    proc = linked.agent.cli("shutdown-agent")
-    assert proc.returncode == 0, proc.stderr
-    linked.agent.proc.wait(15)
+@pytest.mark.parametrize("how", ["shutdown-agent", "SIGTERM"])
+def test_graceful_stop_tells_the_cloud_why(linked: Linked, how: str) -> None:
+    if how == "SIGTERM":
+        linked.agent.proc.send_signal(signal.SIGTERM)
+    else:
+        proc = linked.agent.cli("shutdown-agent")
+        assert proc.returncode == 0, proc.stderr
+    assert linked.agent.proc.wait(15) == 0
     took = linked.wait_state("offline", 5)
-    print(f"offline {took:.2f} s after shutdown-agent")
+    print(f"offline {took:.2f} s after {how}")
     node = linked.node()
-    assert node["state_cause"] == "goodbye", node
-    offline = [e for e in node["events"] if e["state"] == "offline"]
-    assert offline and "shutdown" in str(offline[0]["detail"]), node["events"]
+    assert node["state_cause"].startswith("goodbye"), node
+    assert "shutdown" in node["state_cause"], node
     assert "ACLK disconnecting" in linked.agent.log_text()
 
 
-def test_unclaim_stops_the_link(linked: Linked) -> None:
-    shutil.rmtree(linked.agent.paths.cloud_dir)
+@pytest.mark.parametrize("how", ["remove cloud.d", "enabled = no"])
+def test_unclaim_or_disable_stops_the_link(linked: Linked, how: str) -> None:
+    paths = linked.agent.paths
+    if how == "remove cloud.d":
+        shutil.rmtree(paths.cloud_dir)
+    else:
+        conf = paths.cloud_conf_file.read_text().replace("enabled = yes", "enabled = no")
+        paths.cloud_conf_file.write_text(conf)
     proc = linked.agent.cli("reload-claiming-state")
     assert proc.returncode == 0, proc.stderr
     linked.wait_state("offline", 10)
+    assert "unclaim" in linked.node()["state_cause"]
     info = linked.agent.info()
-    assert info["agent-claimed"] is False and info["aclk-available"] is False
-    assert linked.aclk()["state"] == "not claimed"
+    assert info["aclk-available"] is False
+    if how == "remove cloud.d":
+        assert info["agent-claimed"] is False
+        assert linked.aclk()["state"] == "not claimed"
+    else:
+        assert info["cloud-enabled"] is False
+        assert linked.aclk()["state"] == "cloud disabled in cloud.d/cloud.conf"
     attempts = linked.aclk()["attempts"]
     time.sleep(2)
     assert linked.aclk()["attempts"] == attempts, "an unclaimed agent keeps connecting"
@@ -143,3 +181,123 @@ def test_removed_node_stops_retrying_and_says_why(linked: Linked) -> None:
     time.sleep(3)
     assert linked.aclk()["attempts"] == attempts, "the agent keeps retrying a removed node"
     assert linked.aclk()["next_retry_at"] is None
+
+
+def test_frozen_agent_times_out_then_returns(
+    start_cloud: Callable[..., Cloud], start_agent: AgentLauncher
+) -> None:
+    """A link that goes silent (no FIN: a frozen host, a dead network path) is
+    caught by the keepalive; a query to it gets 504, not a hang."""
+    cloud = start_cloud(*cloud_args(), "--relay-timeout", "1")
+    linked = link_agent(cloud, start_agent)
+    agent = linked.agent
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        r = linked.relay("info")
+        assert r.status_code == 504, r.text
+        assert time.monotonic() - began < 5
+        linked.wait_state("offline", 4 * KEEPALIVE + 5)
+        took = time.monotonic() - began
+        print(f"offline {took:.2f} s after the agent froze (keepalive {KEEPALIVE:g} s)")
+        assert took <= 1.5 * KEEPALIVE + 1.5, f"offline only after {took:.2f} s"
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    # Thawed, the agent finds its link dead and comes back through the backoff.
+    took = linked.wait_state("live", 30)
+    print(f"live {took:.2f} s after the agent thawed")
+    assert agent.info()["aclk-available"] is True
+
+
+def test_no_metric_values_reach_the_cloud_database_or_log(linked: Linked) -> None:
+    cpu_through_cloud(linked)
+    values: set[float] = set()
+    for chart in ("system.cpu", "system.ram"):
+        r = linked.relay("data", chart=chart, after=-60)
+        assert r.status_code == 200, r.text
+        values |= {v for row in r.json()["result"]["data"] for v in row[1:] if v}
+    distinctive = {v for v in values if len(repr(v)) >= 7}  # e.g. 3.0150754
+    assert distinctive, values
+    db = linked.cloud.data_dir / "cloud.db"
+    blobs = [linked.cloud.log_file.read_bytes()]
+    blobs += [p.read_bytes() for p in db.parent.glob("cloud.db*")]
+    for v in distinctive:
+        text, double = repr(v).encode(), struct.pack(">d", v)
+        assert not any(text in b or double in b for b in blobs), f"{v} stored by the Cloud"
+
+
+def test_cloned_identity_is_recorded_not_a_silent_flap(
+    linked: Linked, start_agent: AgentLauncher, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second host with a copy of this node's cloud.d (a cloned VM) replaces
+    the first link: the Cloud records it and the first agent says what to do."""
+    clone_prefix = tmp_path_factory.mktemp("clone")
+    shutil.copytree(linked.agent.paths.lib_dir, AgentPaths(clone_prefix).lib_dir)
+    clone = start_agent(prefix=clone_prefix)
+    replaced = "replaced by a newer connection with the same node identity"
+    poll(lambda: replaced in linked.agent.log_text(), 20, "the first agent to be replaced")
+    assert "cloned" in linked.agent.log_text() and "-id=$(uuidgen)" in linked.agent.log_text()
+    causes = poll(
+        lambda: [e["cause"] for e in linked.node()["events"] if "replaced" in str(e["cause"])],
+        10,
+        "a 'replaced' event on the node",
+    )
+    print(f"node events after the clone connected: {causes}")
+    clone.stop()
+
+
+def test_untrusted_cloud_certificate_is_named_and_retried(
+    linked: Linked, start_agent: AgentLauncher
+) -> None:
+    """TLS is always verified: without the Cloud's CA the link names the TLS
+    failure (and keeps retrying: the certificate may be fixed on either side)."""
+    assert linked.agent.stop() == 0
+    linked.agent.paths.cloud_fullchain_file.unlink()
+    again = start_agent(prefix=linked.agent.prefix)
+    relinked = Linked(linked.cloud, again, linked.node_id)
+    err = poll(lambda: relinked.aclk()["last_error"], 15, "a TLS error in aclk-state")
+    print(f"aclk-state without the Cloud's CA: {err}")
+    assert "TLS" in err and "certificate" in err.lower(), err
+    st = relinked.aclk()
+    assert st["terminal"] is False and st["connected"] is False
+    assert relinked.state() == "offline"
+
+
+def test_replaced_key_is_terminal_and_says_why(linked: Linked, start_agent: AgentLauncher) -> None:
+    """A private key that no longer matches the one the Cloud holds is not a
+    network blip: the agent stops retrying and names the fix."""
+    assert linked.agent.stop() == 0
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    linked.agent.paths.private_key_file.write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    again = start_agent(prefix=linked.agent.prefix)
+    relinked = Linked(linked.cloud, again, linked.node_id)
+    st = poll(lambda: (s := relinked.aclk())["terminal"] and s, 20, "the agent to give up")
+    print(f"aclk-state with a replaced key: {st['last_error']} | {st['fix']}")
+    assert "private key" in st["last_error"], st
+    assert "-id=$(uuidgen)" in st["fix"]
+    assert again.info()["aclk-fix"] == st["fix"]
+    assert "ACLK stopped retrying" in again.log_text()
+    assert relinked.state() == "offline"
+
+
+def test_cloud_graceful_restart_agent_backs_off_and_returns(
+    linked: Linked, start_cloud: Callable[..., Cloud]
+) -> None:
+    cloud = linked.cloud
+    assert cloud.stop(signal.SIGTERM) == 0
+    poll(lambda: "Cloud restarting (1012)" in linked.agent.log_text(), 10, "a 1012 close")
+    st = linked.aclk()
+    assert st["connected"] is False and st["terminal"] is False
+    start_cloud(
+        *cloud_args(), data_dir=cloud.data_dir, database_url=cloud.database_url, port=cloud.port
+    )
+    took = linked.wait_state("live", 30)
+    print(f"live {took:.2f} s after the Cloud came back from a graceful restart")
+    # The agent never reconnected at 0 s: each attempt waited in the backoff.
+    assert "ACLK reconnecting in" in linked.agent.log_text()

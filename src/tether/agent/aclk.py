@@ -42,7 +42,7 @@ from websockets.exceptions import (
 
 from tether.agent.claim_state import ClaimState, load_claim_state
 from tether.net.diagnose import describe_connect_error
-from tether.net.proxy import ProxyChoice, ProxyConfigError, resolve_proxy
+from tether.net.proxy import ProxyChoice, ProxyConfigError, mask_url, resolve_proxy
 from tether.net.tls import TLSConfigError, client_ssl_context
 from tether.paths import AgentPaths
 from tether.protocol import auth
@@ -66,6 +66,7 @@ from tether.protocol.frames import (
 from tether.protocol.link import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    CLOSE_REPLACED,
     CloseLink,
     FrameReceived,
     LinkConnection,
@@ -88,6 +89,10 @@ GoodbyeReason = Literal["restart", "shutdown", "upgrade", "unclaim"]
 HTTP_TIMEOUT = 15.0
 HELLO_TIMEOUT = 15.0
 MAX_CONCURRENT_QUERIES = 16
+CLONE_FIX = (
+    "if this machine was cloned from another node, give it its own identity: "
+    "tether-claim -token=TOKEN -rooms=ROOMS -url=URL -id=$(uuidgen)"
+)
 # A link that stayed up this long resets the backoff to its base.
 STABLE_SECONDS = 60.0
 
@@ -125,6 +130,13 @@ def _describe(exc: BaseException, url: str, proxy: ProxyChoice | None) -> str:
         via = proxy.display() if proxy else "the proxy"
         return f"the SOCKS proxy {via} failed: {cause}"
     return describe_connect_error(exc, url, proxy)
+
+
+def _masked(setting: str) -> str:
+    try:
+        return mask_url(setting)
+    except ValueError:  # unparsable: show no part of it that could be a password
+        return "<unparsable [cloud] proxy>"
 
 
 def _set_nodelay(ws: ClientConnection) -> None:
@@ -255,11 +267,21 @@ class AclkClient:
 
     async def run(self) -> None:
         """Keep the link up until stop(); never raises for link faults."""
+        announce = True
         while not self._stopping:
             if not self._ready_to_connect():
                 self.next_retry_at = None
+                announce = True
                 await self._wait(None)
                 continue
+            if announce:
+                announce = False
+                log.info(
+                    "ACLK starting the link: node %s, Cloud %s, proxy setting %r",
+                    self.claim.claimed_id,
+                    self.claim.cloud_base_url,
+                    _masked(self.proxy_setting),
+                )
             hint: float | None = None
             started = time.monotonic()
             try:
@@ -282,6 +304,8 @@ class AclkClient:
                 self.connected_since = None
             if self._stopping:
                 break
+            if not self._ready_to_connect():
+                continue  # unclaimed or disabled meanwhile: wait for a new claim
             if time.monotonic() - started > STABLE_SECONDS:
                 self.backoff.reset()
             if self._disconnect_hint is not None:
@@ -328,7 +352,10 @@ class AclkClient:
         self.last_error = message
         self.last_error_at = time.time()
         self.fix = fix
-        log.warning("ACLK %s", message)
+        if fix:
+            log.warning("ACLK %s. To fix: %s", message, fix)
+        else:
+            log.warning("ACLK %s", message)
 
     async def _leave(self, goodbye: GoodbyeReason | None, reason: str) -> None:
         """Close the current link, first saying Goodbye when there is a reason to."""
@@ -589,6 +616,9 @@ class AclkClient:
             text += f": {reason}"
         if is_terminal_close(code):
             return LinkFault(text, terminal=True, fix=auth.REMOVED_FIX)
+        if code == CLOSE_REPLACED:
+            # Another host presents this node's identity: usually a cloned VM or image.
+            return LinkFault(text, fix=CLONE_FIX)
         return LinkFault(text)
 
 

@@ -79,6 +79,6 @@ def claim_on_start(
         "claim on start failed (exit code %d): %s. The agent keeps running unclaimed; "
         "fix the TETHER_CLAIM_* variables and restart, or run tether-claim.",
         int(result.exit_code),
-        result.message,
+        result.message.rstrip("."),
     )
     return False

@@ -12,9 +12,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 import tether
-from tether.cloud import api, auth, claim, openapi, web
+from tether.cloud import api, auth, claim, link, node_auth, openapi, relay, web
 from tether.cloud.db import Database, migrate
 from tether.cloud.errors import ApiError, api_error_handler
+from tether.cloud.routing import make_router
 from tether.cloud.secrets import SecretBox
 from tether.cloud.settings import CloudSettings
 
@@ -26,24 +27,41 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def run_shutdown_hooks(app: Starlette) -> None:
+    """Run the `on_shutdown` hooks once (the server calls this before uvicorn
+    closes connections; the lifespan calls it again, which does nothing)."""
+    if getattr(app.state, "shutdown_done", False):
+        return
+    app.state.shutdown_done = True
+    for hook in app.state.on_shutdown:
+        try:
+            await hook()
+        except Exception:
+            log.exception("shutdown hook failed")
+
+
 def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette:
     """Build the app. `app.state` holds `settings`, `db` (tether.cloud.db.Database:
     `.engine`, `.sessions`, `.session()`), `secret_box`, `claim_limiter` and
-    `on_shutdown`, a list of async callables run first at shutdown (close links)."""
+    `on_shutdown`, a list of async callables run first at shutdown (close links),
+    `router` (tether.cloud.routing.Router) and `links` (tether.cloud.link.LinkService)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if db is None:
         db = Database(settings.db_url)
         migrate(db.engine)
     on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
+    router = make_router(settings.nats_url, settings.nats_subject_prefix)
+    links = link.LinkService(settings, db, router)
+    # Closing the links comes first (server.py runs it before uvicorn closes
+    # connections itself); running it again at lifespan shutdown is a no-op.
+    on_shutdown.append(links.stop)
+
     @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await links.start()
         yield
-        for hook in on_shutdown:
-            try:
-                await hook()
-            except Exception:
-                log.exception("shutdown hook failed")
+        await run_shutdown_hooks(app)
         db.dispose()
 
     routes: list[BaseRoute] = [
@@ -52,8 +70,10 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
         *auth.routes(),
         *claim.routes(),
         *api.routes(),
-        # Other parts add their route lists here, e.g. *link.routes(), *relay.routes(),
-        # and the UI (mounted last since it owns "/").
+        *node_auth.routes(),
+        *link.routes(),
+        *relay.routes(),
+        # Other parts add their route lists here; the UI is mounted last since it owns "/".
         *web.routes(),
     ]
     app = Starlette(
@@ -66,5 +86,8 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     app.state.secret_box = SecretBox(settings.secret_key_file)
     app.state.claim_limiter = claim.FailureLimiter(settings.claim_failures_per_minute)
     app.state.on_shutdown = on_shutdown
+    app.state.router = router
+    app.state.links = links
+    app.state.auth_limiter = node_auth.AuthLimiter(settings.auth_failures_per_minute)
     app.state.version = getattr(tether, "__version__", "0")
     return app

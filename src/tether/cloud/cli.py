@@ -69,6 +69,42 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="failed claims allowed per source address per minute (default 10)",
     )
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=20.0,
+        help="link keepalive in seconds: the Cloud pings every interval and a node whose "
+        "link dies is offline within 1.5 intervals (default 20)",
+    )
+    p.add_argument(
+        "--nats-url",
+        help="route relays and presence through NATS, e.g. nats://127.0.0.1:4222, so several "
+        "Cloud processes sharing one PostgreSQL database serve every node",
+    )
+    p.add_argument(
+        "--nats-subject-prefix",
+        default="tether",
+        help="NATS subject prefix (default tether; one per Cloud cluster sharing a NATS server)",
+    )
+    p.add_argument(
+        "--relay-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a relayed query may take before the browser gets 504 (default 10)",
+    )
+    p.add_argument(
+        "--challenge-ttl",
+        type=float,
+        default=50.0,
+        help="seconds a node-auth challenge stays valid, at most 59 (default 50)",
+    )
+    p.add_argument(
+        "--auth-failures-per-minute",
+        type=int,
+        default=5,
+        help="failed node authentications per node per minute before 429 "
+        "(an address gets 4x; default 5)",
+    )
 
 
 def _settings(a: argparse.Namespace) -> CloudSettings:
@@ -83,7 +119,21 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
         extra_sans=getattr(a, "san", []),
         public_url=getattr(a, "public_url", None),
         claim_failures_per_minute=getattr(a, "claim_failures_per_minute", 10),
+        keepalive_seconds=_positive(getattr(a, "keepalive", 20.0), "--keepalive", 0.2, 3600),
+        nats_url=getattr(a, "nats_url", None),
+        nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
+        relay_timeout_seconds=_positive(getattr(a, "relay_timeout", 10.0), "--relay-timeout",
+                                        0.1, 600),
+        challenge_ttl_seconds=_positive(getattr(a, "challenge_ttl", 50.0), "--challenge-ttl",
+                                        1, 59),
+        auth_failures_per_minute=int(getattr(a, "auth_failures_per_minute", 5)),
     )
+
+
+def _positive(value: float, flag: str, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise CliError(f"{flag} must be between {low:g} and {high:g} seconds (got {value:g})")
+    return float(value)
 
 
 def _open_db(settings: CloudSettings) -> Any:
@@ -131,6 +181,8 @@ def _serve(settings: CloudSettings, a: argparse.Namespace, on_ready: Callable[..
     from tether.cloud.server import run
 
     cert, key, ca_file, ca_sha = _tls(settings)
+    if settings.nats_url:
+        _check_nats(settings.nats_url)
     db = _open_db(settings)
     app = create_app(settings, db)
     if settings.insecure_http:
@@ -148,6 +200,23 @@ def _serve(settings: CloudSettings, a: argparse.Namespace, on_ready: Callable[..
         raise CliError(
             f"cannot listen on {settings.host} port {settings.port}: {exc.strerror}"
         ) from exc
+
+
+def _check_nats(url: str) -> None:
+    """Fail at start, with the address tried, when NATS cannot be reached."""
+    import asyncio
+
+    from tether.cloud.routing import NatsRouter, RoutingError
+
+    async def probe() -> None:
+        router = NatsRouter(url, connect_timeout=3.0)
+        await router.start()
+        await router.close()
+
+    try:
+        asyncio.run(probe())
+    except (RoutingError, ValueError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_serve(a: argparse.Namespace) -> int:

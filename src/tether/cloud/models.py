@@ -135,6 +135,11 @@ class Node(Base):
     last_seen_at: Mapped[dt.datetime | None]
     boot_id: Mapped[str | None] = mapped_column(String(64))
     machine_id: Mapped[str | None] = mapped_column(String(64))
+    # The Cloud process holding the live link (so a dead process's nodes can be
+    # marked offline by the others), and the last duplicate-identity sighting.
+    link_process: Mapped[str | None] = mapped_column(String(64))
+    duplicate_detected_at: Mapped[dt.datetime | None]
+    duplicate_detail: Mapped[str | None] = mapped_column(Text)  # JSON text
 
     rooms: Mapped[list[Room]] = relationship(secondary="node_rooms", lazy="selectin")
 
@@ -164,13 +169,50 @@ class NodeEvent(Base):
     __table_args__ = (Index("ix_node_events_node_at", "node_id", "at"),)
 
 
+class NodeChallenge(Base):
+    """A node-auth challenge: only its SHA-256 is kept, consumed at most once."""
+
+    __tablename__ = "node_challenges"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    challenge_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    consumed_at: Mapped[dt.datetime | None]
+    address: Mapped[str | None] = mapped_column(String(64))
+
+
+class LinkToken(Base):
+    """A one-time token for one /aclk connection: only its SHA-256 is kept."""
+
+    __tablename__ = "link_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    consumed_at: Mapped[dt.datetime | None]
+
+
+class CloudProcess(Base):
+    """A running Cloud process and its heartbeat (links it held die with it)."""
+
+    __tablename__ = "cloud_processes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    description: Mapped[str | None] = mapped_column(String(200))
+
+
 __all__ = [
     "ApiToken",
     "Base",
     "ClaimAudit",
     "ClaimToken",
+    "CloudProcess",
+    "LinkToken",
     "LoginSession",
     "Node",
+    "NodeChallenge",
     "NodeEvent",
     "NodeRoom",
     "Room",

@@ -213,6 +213,7 @@ class NatsRouter:
         self._owners: dict[str, str | None] = {}
         self._presence = _PresenceFanout()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._takeover: list[Callable[[str], Awaitable[None]]] = []
         self._nc: NatsClient | None = None
         self._closing = False
 
@@ -249,7 +250,7 @@ class NatsRouter:
             )
         except Exception as exc:
             raise RoutingError(
-                f"cannot connect to NATS at {self.nats_url}: {exc or type(exc).__name__}; "
+                f"cannot connect to NATS at {self.nats_url}: {str(exc) or type(exc).__name__}; "
                 "check --nats-url and that nats-server is running"
             ) from exc
         self._nc = nc
@@ -301,11 +302,18 @@ class NatsRouter:
         if self._local._handlers.get(node_id) is not handler:
             return  # a newer link for this node already took over
         await self._local.unregister(node_id, handler)
-        self._owners[node_id] = None
+        if self._owners.get(node_id) == self.process_id:
+            # Unless another process announced it took the node over meanwhile.
+            self._owners[node_id] = None
         await self._announce(node_id, held=False)
 
     def is_local(self, node_id: str) -> bool:
         return self._local.is_local(node_id)
+
+    def subscribe_takeover(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """Call `callback(node_id)` when another process announces it holds a
+        node this process also holds a link for."""
+        self._takeover.append(callback)
 
     async def _announce(self, node_id: str, held: bool) -> None:
         data = msgspec.msgpack.encode(_Ownership(node_id, self.process_id, held))
@@ -321,6 +329,14 @@ class NatsRouter:
             return
         if own.held:
             self._owners[own.node_id] = own.process_id
+            if self._local.is_local(own.node_id):
+                # Another process now holds a link for a node this one holds too
+                # (a clone, or an agent that moved): let the link layer decide.
+                for callback in self._takeover:
+                    try:
+                        await callback(own.node_id)
+                    except Exception:
+                        log.exception("takeover callback failed for node %s", own.node_id)
         elif self._owners.get(own.node_id) == own.process_id:
             # Only the current owner's release counts: a late release from a
             # process the node already left must not hide its new link.

@@ -8,11 +8,15 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 from tether.cloud.settings import CloudSettings
+from tether.protocol.frames import MAX_FRAME_SIZE
 
 log = logging.getLogger("tether.cloud")
 
@@ -45,6 +49,55 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
     return [sock]
 
 
+class LinkProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, but a keepalive timeout drops the
+    connection at once. uvicorn closes the TLS transport politely, and the TLS
+    layer then waits up to 30 s for the dead peer's close_notify before the app
+    hears of it: a frozen agent or a silently cut network would stay `live`."""
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A refused upgrade (HTTP 401/503) is complete; without this uvicorn
+            # 0.54 logs "ASGI callable returned without completing handshake".
+            self.handshake_complete = True
+
+    def shutdown(self) -> None:
+        # uvicorn 0.54 sends a close frame here even when the peer already
+        # started the closing handshake, which raises InvalidState and aborts
+        # uvicorn's loop over the remaining connections: drop such a link.
+        try:
+            super().shutdown()
+        except InvalidState:
+            self.transport.abort()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but the app closes its links itself before uvicorn closes
+    connections (uvicorn 0.54 raises InvalidState on links already closing and
+    then skips the rest; and only the app can send Disconnect with a delay)."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        from tether.cloud.app import run_shutdown_hooks
+
+        for server in getattr(self, "servers", []):
+            server.close()  # stop accepting first, so links do not come back meanwhile
+        try:
+            await asyncio.wait_for(run_shutdown_hooks(self.app), 20)
+        except Exception:
+            log.exception("closing the links at shutdown failed")
+        await super().shutdown(sockets)
+
+
 def run(
     settings: CloudSettings,
     app: Starlette,
@@ -59,8 +112,13 @@ def run(
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        ws="websockets-sansio",
+        ws=LinkProtocol,
         ws_per_message_deflate=False,
+        ws_max_size=MAX_FRAME_SIZE,
+        # Server pings every keepalive; a pong later than keepalive/2 drops the
+        # link, so a dead node is offline within 1.5 keepalive intervals.
+        ws_ping_interval=settings.keepalive_seconds,
+        ws_ping_timeout=settings.keepalive_seconds / 2,
         lifespan="on",
         ssl_certfile=None if settings.insecure_http else cert_file,
         ssl_keyfile=None if settings.insecure_http else key_file,
@@ -69,7 +127,12 @@ def run(
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    if not access_log:
+        # uvicorn logs two INFO lines per WebSocket ("[accepted]", "connection
+        # open"): at 10,000 links that is real CPU in a reconnect storm, and the
+        # link logs its own line per node (tether.cloud.link).
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    server = _Server(config, app)
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=sockets))

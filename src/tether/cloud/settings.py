@@ -23,6 +23,22 @@ class CloudSettings:
     # Failed claims allowed per source address per minute before 429.
     claim_failures_per_minute: int = 10
     session_days: int = 14
+    # The link (see docs/protocol.md): the Cloud pings every keepalive seconds
+    # and drops a link whose pong is keepalive/2 late, so a dead node goes
+    # offline within 1.5 keepalive intervals.
+    keepalive_seconds: float = 20.0
+    # Several Cloud processes sharing PostgreSQL route relays through NATS.
+    nats_url: str | None = None
+    nats_subject_prefix: str = "tether"
+    # How long a relayed query may take before the browser gets 504.
+    relay_timeout_seconds: float = 10.0
+    # Node authentication: challenge lifetime (under a minute) and failed
+    # answers per node per minute before 429 (an address gets 4x that).
+    challenge_ttl_seconds: float = 50.0
+    auth_failures_per_minute: int = 5
+    # Backoff policy handed to agents with each link token.
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()

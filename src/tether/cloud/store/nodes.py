@@ -145,6 +145,13 @@ def node_json(node: Node) -> dict[str, Any]:
         "public_key_sha256": node.public_key_sha256,
         "last_address": node.last_address,
         "last_seen_at": iso(node.last_seen_at),
+        # From the link: the live session, host fingerprints from Hello, and
+        # the last time a second link for this identity showed up.
+        "session_id": node.connected_session_id,
+        "machine_id": node.machine_id,
+        "boot_id": node.boot_id,
+        "duplicate_detected_at": iso(node.duplicate_detected_at),
+        "duplicate": json.loads(node.duplicate_detail) if node.duplicate_detail else None,
     }
 
 

@@ -70,24 +70,54 @@ def _ca_install(lib_dir: str) -> str:
     return f"sudo install -D -m 0644 {CA_NAME} {lib_dir}/cloud.d/cloud_fullchain.pem"
 
 
-def _kickstart(url: str, token: str, rooms: str, ca: CloudCa | None, extra: str = "") -> str:
+def _kickstart(
+    url: str, token: str, rooms: str, ca: CloudCa | None, proxy: str, extra: str = ""
+) -> str:
     fetch = f"curl -Ss --cacert {CA_NAME}" if ca else "curl -Ss"
     rooms_arg = f" --claim-rooms {q(rooms)}" if rooms else ""
+    proxy_arg = f" --claim-proxy {q(proxy)}" if proxy else ""
     return (
         f"bash <({fetch} {q(url + '/kickstart.sh')}){extra} --claim-token {q(token)}"
-        f"{rooms_arg} --claim-url {q(url)}"
+        f"{rooms_arg} --claim-url {q(url)}{proxy_arg}"
     )
 
 
-def claim_command(url: str, token: str, rooms: str, program: str = "tether-claim") -> str:
+def claim_command(
+    url: str, token: str, rooms: str, proxy: str = "", program: str = "tether-claim"
+) -> str:
     rooms_arg = f" -rooms={q(rooms)}" if rooms else ""
-    return f"{program} -token={q(token)}{rooms_arg} -url={q(url)}"
+    proxy_arg = f" -proxy={q(proxy)}" if proxy else ""
+    return f"{program} -token={q(token)}{rooms_arg} -url={q(url)}{proxy_arg}"
+
+
+PROXY_SCHEMES = ("socks5://", "socks5h://", "http://", "https://")
+
+
+def check_proxy(proxy: str) -> str:
+    """The proxy as typed, if it is a form tether-claim accepts; else ValueError."""
+    proxy = proxy.strip()
+    if proxy in ("", "none", "env"):
+        return proxy
+    if proxy.startswith(PROXY_SCHEMES) and proxy.split("://", 1)[1] and not any(
+        c.isspace() for c in proxy
+    ):
+        return proxy
+    raise ValueError(
+        "the proxy must be none, env, socks5://, socks5h:// or http://[user:pass@]host:port"
+    )
 
 
 def build(
-    environment: str, url: str, token: str, room_ids: list[str], ca: CloudCa | None
+    environment: str,
+    url: str,
+    token: str,
+    room_ids: list[str],
+    ca: CloudCa | None,
+    proxy: str = "",
 ) -> Instructions:
-    """The steps for `environment` (a key of ENVIRONMENTS)."""
+    """The steps for `environment` (a key of ENVIRONMENTS); `proxy` as for
+    tether-claim -proxy= (empty: the node's own [cloud] proxy setting)."""
+    proxy = check_proxy(proxy)
     if environment not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {environment!r}")
     rooms = ",".join(room_ids)
@@ -102,14 +132,14 @@ def build(
         out.steps.append(
             Step(
                 "Install the agent if needed and connect the node",
-                _kickstart(url, token, rooms, ca, extra),
+                _kickstart(url, token, rooms, ca, proxy, extra),
                 note="Run it as root or as the user the agent runs as. "
                 "It prints: Agent was successfully claimed.",
             )
         )
-        direct = claim_command(url, token, rooms)
+        direct = claim_command(url, token, rooms, proxy)
         if environment == "macos":
-            direct = claim_command(url, token, rooms, "tether-claim --prefix /usr/local")
+            direct = claim_command(url, token, rooms, proxy, "tether-claim --prefix /usr/local")
         out.direct = direct
         out.steps.append(
             Step(
@@ -138,13 +168,15 @@ def build(
         ]
         if rooms:
             lines.append(f"  -e TETHER_CLAIM_ROOMS={q(rooms)} \\")
-        lines += ["  -e TETHER_CLAIM_PROXY=none \\", f"  {IMAGE}"]
+        if proxy:
+            lines.append(f"  -e TETHER_CLAIM_PROXY={q(proxy)} \\")
+        lines.append(f"  {IMAGE}")
         out.steps.append(
             Step(
                 "Start the agent container; it connects itself on first start",
                 "\n".join(lines),
                 note=f"Keep the {LIB_DIR} volume: it holds the node's identity, so restarts "
-                "do not create new nodes. Set TETHER_CLAIM_PROXY if the node needs a proxy.",
+                "do not create new nodes.",
             )
         )
     elif environment == "docker-compose":
@@ -167,7 +199,8 @@ def build(
         ]
         if rooms:
             env.append(f"      - TETHER_CLAIM_ROOMS={rooms}")
-        env.append("      - TETHER_CLAIM_PROXY=none")
+        if proxy:
+            env.append(f"      - TETHER_CLAIM_PROXY={proxy}")
         text = "\n".join(
             [
                 "services:",
@@ -194,7 +227,7 @@ def build(
             step = _ca_download(ca)
             step.text += f"\ndocker cp {CA_NAME} tether:{LIB_DIR}/cloud.d/cloud_fullchain.pem"
             out.steps.append(step)
-        direct = claim_command(url, token, rooms)
+        direct = claim_command(url, token, rooms, proxy)
         out.direct = direct
         out.steps.append(
             Step(
@@ -226,6 +259,8 @@ def build(
         ]
         if rooms:
             env += ["  - name: TETHER_CLAIM_ROOMS", f'    value: "{rooms}"']
+        if proxy:
+            env += ["  - name: TETHER_CLAIM_PROXY", f'    value: "{proxy}"']
         env += [
             "volumeMounts:",
             "  - name: tetherlib  # a PersistentVolumeClaim: the node's identity lives here",

@@ -71,13 +71,22 @@ async def connect_page(request: Request) -> Response:
 
     ctx = await in_db(request, load, write=True)  # ensure() may create the first token
     ca = private_ca(settings)
+    proxy, proxy_error = request.query_params.get("proxy", "").strip(), ""
+    try:
+        commands.check_proxy(proxy)
+    except ValueError as exc:
+        proxy, proxy_error = "", f"Not used: {exc}."
     ctx.update(
         environments=commands.ENVIRONMENTS,
         environment=environment,
         ca=ca,
         cloud_url=settings.url,
-        instructions=commands.build(environment, settings.url, ctx.pop("token"),
-                                    ctx["selected"], ca),
+        proxy=proxy,
+        proxy_error=proxy_error,
+        proxy_typed=request.query_params.get("proxy", ""),
+        instructions=commands.build(
+            environment, settings.url, ctx.pop("token"), ctx["selected"], ca, proxy
+        ),
     )
     return render(request, "connect.html", ctx)
 

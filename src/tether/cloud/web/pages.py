@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hmac
+import json
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tether.cloud import auth
 from tether.cloud.auth import Principal
-from tether.cloud.models import Node, NodeRoom, Room, User
-from tether.cloud.secrets import iso
+from tether.cloud.claim import FailureLimiter, client_address
+from tether.cloud.models import Node, Room, User, utcnow
+from tether.cloud.secrets import aware, iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
@@ -29,10 +32,12 @@ from tether.cloud.web.common import (
     page,
     redirect,
     render,
+    room_counts,
     signed_in,
 )
 
 RANGES = {"5m": 300, "1h": 3600}
+SIGNIN_FAILURES_PER_MINUTE = 10
 
 
 def safe_next(value: str | None) -> str:
@@ -55,7 +60,32 @@ def node_view(node: Node, space_id: str) -> dict[str, Any]:
         "rooms": sorted(r.name for r in node.rooms if not r.is_all_nodes),
         "last_address": node.last_address or "",
         "url": f"/spaces/{space_id}/nodes/{node.id}",
+        "duplicate": duplicate_text(node),
     }
+
+
+DUPLICATE_SHOWN_FOR = dt.timedelta(days=1)
+
+
+def duplicate_text(node: Node) -> str:
+    """A recent second link with this node's identity (a cloned VM or a copied
+    cloud.d), said plainly instead of letting the node flap silently."""
+    seen = node.duplicate_detected_at
+    if seen is None or utcnow() - aware(seen) > DUPLICATE_SHOWN_FOR or not node.duplicate_detail:
+        return ""
+    try:
+        detail = json.loads(node.duplicate_detail)
+        prev, cur = detail["previous"], detail["current"]
+    except (ValueError, KeyError, TypeError):
+        return "Two agents used this node's identity."
+
+    def host(side: dict[str, Any]) -> str:
+        mid = side.get("machine_id") or "unknown"
+        return f"{side.get('address') or 'unknown address'} (machine-id {str(mid)[:12]})"
+
+    return (f"Two agents use this node's identity: {host(prev)} and {host(cur)}, last "
+            f"{iso(seen)}. Give the clone its own identity: on it, remove cloud.d and claim "
+            "with -id=$(uuidgen).")
 
 
 # --- sign in / out ------------------------------------------------------------
@@ -98,8 +128,6 @@ def _signin_page(request: Request, error: str, status: int, email: str = "") -> 
 
 @page
 async def signin(request: Request) -> Response:
-    import hmac
-
     form = await request.form()
     email, password, sent = field(form, "email"), form.get("password"), field(form, "login_csrf")
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
@@ -107,22 +135,38 @@ async def signin(request: Request) -> Response:
         return _signin_page(request, "The sign-in form expired; please try again.", 403, email)
     if not email or not isinstance(password, str) or not password:
         return _signin_page(request, "Enter your email and password.", 400, email)
+    limiter = signin_limiter(request)
+    address = client_address(request)
+    wait = limiter.retry_after(address)
+    if wait:
+        return _signin_page(
+            request, f"Too many failed sign-ins from your address; try again in {wait} s.",
+            429, email)
+    # The password check (argon2, slow on purpose) runs outside the write lock.
+    user = await in_db(request, lambda s: user_store.authenticate(s, email, password))
+    if user is None:
+        limiter.failed(address)
+        return _signin_page(request, "Wrong email or password.", 401, email)
     days = request.app.state.settings.session_days
 
-    def login(s: Session) -> str | None:
-        user = user_store.authenticate(s, email, password)
-        if user is None:
-            return None
+    def start_session(s: Session) -> str:
         sid, _ = user_store.create_session(s, user, days)
         return sid
 
-    sid = await in_db(request, login, write=True)
-    if sid is None:
-        return _signin_page(request, "Wrong email or password.", 401, email)
+    sid = await in_db(request, start_session, write=True)
     response = redirect(safe_next(field(form, "next")))
     auth.set_session_cookie(request, response, sid)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/signin")
     return response
+
+
+def signin_limiter(request: Request) -> FailureLimiter:
+    """Failed sign-ins allowed per source address per minute (one per app)."""
+    state = request.app.state
+    if not hasattr(state, "ui_signin_limiter"):
+        state.ui_signin_limiter = FailureLimiter(SIGNIN_FAILURES_PER_MINUTE)
+    limiter: FailureLimiter = state.ui_signin_limiter
+    return limiter
 
 
 @page
@@ -201,17 +245,6 @@ def room_nodes(s: Session, user: Principal, space_id: str, room_id: str) -> dict
     return {"space": space, "role": role, "room": room, "nodes": nodes}
 
 
-def room_counts(s: Session, space_id: str) -> dict[str, int]:
-    """Nodes per War Room of a Space, for the sidebar."""
-    rows = s.execute(
-        select(NodeRoom.room_id, func.count())
-        .join(Room, Room.id == NodeRoom.room_id)
-        .where(Room.space_id == space_id)
-        .group_by(NodeRoom.room_id)
-    )
-    return {room_id: int(n) for room_id, n in rows}
-
-
 @page
 async def room_page(request: Request) -> Response:
     user = await signed_in(request)
@@ -221,12 +254,11 @@ async def room_page(request: Request) -> Response:
         found = room_nodes(s, user, sid, rid)
         ctx = nav(s, user, found["space"], found["role"])
         room = found["room"]
-        space_nodes = node_store.of_space(s, found["space"].id)
         ctx.update(
             title=room.name,
             room={"id": room.id, "name": room.name, "is_all_nodes": room.is_all_nodes},
             nodes=found["nodes"],
-            space_node_count=len(space_nodes),
+            space_node_count=sum(r["node_count"] for r in ctx["rooms"] if r["is_all_nodes"]),
         )
         return ctx
 
@@ -239,6 +271,7 @@ async def room_nodes_json(request: Request) -> Response:
     """What the Nodes view polls every 2 s to update itself without a reload."""
     user = await signed_in(request)
     sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+
     def load(s: Session) -> dict[str, Any]:
         found = room_nodes(s, user, sid, rid)
         return {"nodes": found["nodes"], "room_counts": room_counts(s, found["space"].id)}
@@ -258,7 +291,7 @@ async def add_nodes_form(request: Request) -> Response:
         ctx = nav(s, user, space, role)
         ctx.update(
             title=f"Add nodes to {room.name}",
-            room={"id": room.id, "name": room.name},
+            room={"id": room.id, "name": room.name, "is_all_nodes": room.is_all_nodes},
             candidates=[
                 node_view(n, space.id)
                 for n in node_store.of_space(s, space.id)

@@ -42,6 +42,12 @@
       st.appendChild(document.createTextNode(" "));
       st.appendChild(cause);
     }
+    if (n.duplicate) {
+      const dup = document.createElement("small");
+      dup.className = "duplicate";
+      dup.textContent = n.duplicate;
+      st.appendChild(dup);
+    }
     tr.appendChild(cell("State", st));
     tr.appendChild(cell("OS", n.os || "—"));
     tr.appendChild(cell("Agent", n.agent_version || "—"));

@@ -1,0 +1,96 @@
+"""Scale-out: two real Cloud processes sharing this machine's PostgreSQL and
+NATS. A node linked to process A is read through process B; presence is shared;
+when A dies, B marks A's nodes offline; a link moved to B closes the one on A."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.fixtures.cloud import PG_ENV, Cloud, _create_pg_database
+from tests.link.test_cloud_peer import KEEPALIVE, Peer, link_up, poll
+
+NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    try:
+        url, drop = _create_pg_database(os.environ.get(PG_ENV) or DEFAULT_PG)
+    except Exception as exc:  # the machine's PostgreSQL is part of the test bed
+        pytest.fail(f"PostgreSQL at {DEFAULT_PG} is needed for the scale-out test: {exc}")
+    yield url
+    drop()
+
+
+def pair(start_cloud: Callable[..., Cloud], pg_url: str) -> tuple[Cloud, Cloud]:
+    prefix = "t" + uuid.uuid4().hex[:10]  # parallel tests share the NATS server
+    args = (
+        "--keepalive",
+        f"{KEEPALIVE:g}",
+        "--nats-url",
+        NATS_URL,
+        "--nats-subject-prefix",
+        prefix,
+    )
+    a = start_cloud(*args, database_url=pg_url)
+    b = start_cloud(*args, database_url=pg_url, data_dir=a.data_dir)
+    return a, b
+
+
+def test_a_browser_on_one_process_reads_a_node_linked_to_the_other(
+    start_cloud: Callable[..., Cloud], pg_url: str
+) -> None:
+    a, b = pair(start_cloud, pg_url)
+    assert (a.space_id, a.api_token) == (b.space_id, b.api_token) or a.space_id == b.space_id
+    peer = Peer(a).claim()
+    base = f"/api/v2/nodes/{peer.node_id}"
+
+    async def scenario() -> None:
+        link = await link_up(peer)  # linked to A
+        server = asyncio.create_task(link.serve())
+        # B sees it live (shared database) and relays to it through NATS.
+        peer.cloud = b
+        assert await asyncio.to_thread(peer.state) == "live"
+        latencies = []
+        for i in range(20):
+            t0 = time.perf_counter()
+            r = await asyncio.to_thread(b.api, "GET", f"{base}/data", params={"chart": f"c{i}"})
+            latencies.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+            assert r.json() == {"path": "/api/v1/data", "query": f"chart=c{i}"}
+        print(
+            f"relay via the other process (new TLS connection each): median "
+            f"{sorted(latencies)[10] * 1000:.1f} ms"
+        )
+        # The node moves to B: the link on A is closed as replaced.
+        peer.cloud = b
+        link_b = await link_up(peer)
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.wait_for(server, 3 * KEEPALIVE + 3)  # ends when A closes it
+        assert link.ws.close_code == 4009
+        serve_b = asyncio.create_task(link_b.serve())
+        r = await asyncio.to_thread(a.api, "GET", f"{base}/info")
+        assert r.status_code == 200 and r.json()["path"] == "/api/v1/info"
+        # B dies without a word: A marks the node offline within a few keepalives.
+        b.stop(signal.SIGKILL)
+        serve_b.cancel()
+        peer.cloud = a
+        t0 = time.monotonic()
+        await asyncio.to_thread(poll, lambda: peer.state() == "offline", 25, "offline via A")
+        print(f"offline {time.monotonic() - t0:.1f} s after its Cloud process was killed")
+        node = await asyncio.to_thread(peer.node)
+        assert "Cloud process stopped" in node["state_cause"]
+        r = await asyncio.to_thread(a.api, "GET", f"{base}/info")
+        assert r.status_code == 503
+
+    asyncio.run(scenario())
