@@ -148,4 +148,5 @@ def test_claim_on_start_proxy_also_carries_the_link(
     linked.wait_state("live", 10)
     st = linked.aclk()
     assert f"127.0.0.1:{socks_proxy_auth.port}" in st["proxy"], st
+    assert st["proxy_source"] == "environment variable TETHER_CLAIM_PROXY", st
     assert socks_proxy_auth.password and socks_proxy_auth.password not in agent.log_text()

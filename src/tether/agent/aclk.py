@@ -159,10 +159,12 @@ class AclkClient:
         *,
         insecure: bool = False,
         env: Mapping[str, str] | None = None,
+        proxy_origin: str = "[cloud] proxy",
     ) -> None:
         self.paths = paths
         self.claim = claim
         self.proxy_setting = proxy_setting
+        self.proxy_origin = proxy_origin
         self.hello_provider = hello_provider
         self.query_handler = query_handler
         self.insecure = insecure
@@ -390,7 +392,7 @@ class AclkClient:
         assert claimed_id is not None
         self.attempts += 1
         try:
-            proxy = resolve_proxy(self.proxy_setting, base, self.env)
+            proxy = resolve_proxy(self.proxy_setting, base, self.env, source=self.proxy_origin)
         except ProxyConfigError as exc:
             raise LinkFault(
                 str(exc), terminal=True, fix="fix [cloud] proxy in tether.conf, then restart"
@@ -687,6 +689,7 @@ def attach_to_agent(agent: Agent, insecure: bool = False) -> AclkClient:
         hello_provider=lambda: hello_from_agent(agent),
         query_handler=lambda path, query: local_query(agent, path, query),
         insecure=insecure,
+        proxy_origin=agent.config.origin("cloud", "proxy"),
     )
     agent.attach_link(client)
 

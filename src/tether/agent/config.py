@@ -40,6 +40,9 @@ class AgentConfig:
     def __init__(self, parser: configparser.ConfigParser, path: Path | None) -> None:
         self._parser = parser
         self.path = path
+        # Values set at run time (not from the file) and who set them, so the
+        # log and aclk-state can say where a setting came from.
+        self._origins: dict[tuple[str, str], str] = {}
 
     def get(self, section: str, key: str, fallback: str | None = None) -> str:
         if self._parser.has_option(section, key):
@@ -57,10 +60,21 @@ class AgentConfig:
                 f"{self.path}: [{section}] {key} = {raw!r} is not a whole number"
             ) from exc
 
-    def set(self, section: str, key: str, value: str) -> None:
+    def set(self, section: str, key: str, value: str, origin: str | None = None) -> None:
         if not self._parser.has_section(section):
             self._parser.add_section(section)
         self._parser.set(section, key, value)
+        if origin:
+            self._origins[(section, key)] = origin
+        else:
+            self._origins.pop((section, key), None)
+
+    def origin(self, section: str, key: str) -> str:
+        """Where the value of `[section] key` came from, for messages."""
+        if (section, key) in self._origins:
+            return self._origins[(section, key)]
+        where = f" in {self.path}" if self.path and self._parser.has_option(section, key) else ""
+        return f"[{section}] {key}{where}"
 
     def render(self) -> str:
         """The effective configuration, defaults included, as INI text."""

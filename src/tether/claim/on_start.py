@@ -22,10 +22,16 @@ LOG = logging.getLogger("tether.claim")
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
+    found = _get_named(env, name)
+    return found[1] if found else None
+
+
+def _get_named(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """(variable name, value) of the first of TETHER_CLAIM_/NETDATA_CLAIM_ set."""
     for prefix in PREFIXES:
         value = env.get(prefix + name, "").strip()
         if value:
-            return value
+            return prefix + name, value
     return None
 
 
@@ -45,11 +51,12 @@ def claim_on_start(
             missing = "TETHER_CLAIM_URL" if token else "TETHER_CLAIM_TOKEN"
             log.error("claim on start skipped: %s is not set (both are needed)", missing)
         return False
-    proxy = _get(env, "PROXY")
-    if proxy:
+    proxy_var = _get_named(env, "PROXY")
+    proxy = proxy_var[1] if proxy_var else None
+    if proxy_var:
         # As in the reference: the claim proxy also carries the link, so the
         # agent's in-memory config uses it for this run.
-        config.set("cloud", "proxy", proxy)
+        config.set("cloud", "proxy", proxy_var[1], origin=f"environment variable {proxy_var[0]}")
     try:
         claimed_id = read_claimed_id(paths)
     except ClaimDirError as exc:

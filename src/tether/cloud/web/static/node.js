@@ -17,6 +17,15 @@
   let reachable = document.getElementById("unreachable").hidden;
   let chartsLoaded = false;
 
+  // Axis labels short enough for the gutter: 250000 -> "250k".
+  function compact(v) {
+    const a = Math.abs(v);
+    if (a >= 1e9) return +(v / 1e9).toFixed(1) + "G";
+    if (a >= 1e6) return +(v / 1e6).toFixed(1) + "M";
+    if (a >= 1e4) return +(v / 1e3).toFixed(1) + "k";
+    return +v.toFixed(2);
+  }
+
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
@@ -67,7 +76,7 @@
       scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - RANGE, now]; } } },
       legend: { live: false },
       series: [{}].concat(dims.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], width: 1.5 }))),
-      axes: [{}, { size: 55 }],
+      axes: [{}, { size: 55, values: (u, splits) => splits.map(compact) }],
     };
     const plot = new uPlot(opts, [[]].concat(dims.map(() => [])), target);
     return { id: c.id, box, plot };
