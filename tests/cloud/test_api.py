@@ -136,3 +136,19 @@ def test_openapi_lists_the_api(cloud: Cloud) -> None:
     assert "get" in paths["/api/v1/spaces/{space_id}/nodes"]
     assert "delete" in paths["/api/v1/spaces/{space_id}/nodes/{node_id}"]
     assert paths["/api/v1/spaces/{space_id}/claim-token"]["get"]["summary"]
+
+
+def test_failed_api_logins_are_rate_limited(cloud: Cloud) -> None:
+    """Guessing passwords through the API is limited like the sign-in page:
+    after 10 failures a minute the address waits, even with the right password."""
+    with cloud.client() as c:
+        for _ in range(10):
+            r = c.post("/api/v1/auth/login", json={"email": cloud.admin_email, "password": "x"})
+            assert r.status_code == 401
+        r = c.post(
+            "/api/v1/auth/login",
+            json={"email": cloud.admin_email, "password": cloud.admin_password},
+        )
+        assert r.status_code == 429, r.text
+        assert r.json()["errorMsgKey"] == "ErrRateLimited"
+        assert 0 < int(r.headers["Retry-After"]) <= 61

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -149,6 +150,38 @@ def create_my_token(c: Ctx) -> Any:
     return {"token": token, "prefix": row.prefix, "name": row.name}
 
 
+@endpoint
+def list_my_tokens(c: Ctx) -> Any:
+    """The signed-in user's API tokens (prefix and metadata, never the token);
+    `last_used_at` is updated at most once a minute."""
+    return [
+        {
+            "prefix": t.prefix,
+            "name": t.name,
+            "created_at": iso(t.created_at),
+            "last_used_at": iso(t.last_used_at),
+            "revoked": t.revoked,
+        }
+        for t in user_store.api_tokens_of(c.s, c.user.user_id)
+    ]
+
+
+@endpoint
+def revoke_my_token(c: Ctx) -> Any:
+    """Revoke one of the signed-in user's API tokens by its prefix; it stops
+    working at once on this Cloud process (see docs/operations.md for others)."""
+    prefix = c.param("prefix")
+    if not user_store.revoke_api_token(c.s, c.user.user_id, prefix):
+        raise ApiError(
+            404,
+            "ErrNotFound",
+            f"You have no API token with prefix {prefix[:16]!r}; "
+            "list yours with GET /api/v1/me/api-tokens.",
+        )
+    log.info("API token %s of %s revoked", prefix, c.user.email)
+    return Response(status_code=204)
+
+
 # --- spaces -----------------------------------------------------------------
 
 
@@ -190,8 +223,16 @@ def rename_space(c: Ctx) -> Any:
 def delete_space(c: Ctx) -> Any:
     """Delete a Space with its rooms, tokens and nodes (admin)."""
     space = c.space("admin")
+    node_ids = [n.id for n in node_store.of_space(c.s, space.id)]
     c.s.delete(space)
-    return Response(status_code=204)
+    # After the commit: close the live links of its nodes now (4003).
+    links = c.request.app.state.links
+
+    async def close_links() -> None:
+        for node_id in node_ids:
+            await links.close_node(node_id)
+
+    return Response(status_code=204, background=BackgroundTask(close_links))
 
 
 # --- members ----------------------------------------------------------------
@@ -418,9 +459,12 @@ def delete_node(c: Ctx) -> Any:
     node = node_store.in_space(c.s, space.id, c.param("node_id"))
     if node is None:
         raise not_found("Node")
+    node_id = node.id
     node_store.remove(c.s, node, c.user.email)
-    log.info("node %s removed from space %s by %s", node.id, space.id, c.user.email)
-    return Response(status_code=204)
+    log.info("node %s removed from space %s by %s", node_id, space.id, c.user.email)
+    # After the commit: close its live link now (4003), wherever it is held.
+    links = c.request.app.state.links
+    return Response(status_code=204, background=BackgroundTask(links.close_node, node_id))
 
 
 def routes() -> list[Route]:
@@ -428,6 +472,8 @@ def routes() -> list[Route]:
     return [
         Route("/api/v1/me", me, methods=["GET"]),
         Route("/api/v1/me/api-tokens", create_my_token, methods=["POST"]),
+        Route("/api/v1/me/api-tokens", list_my_tokens, methods=["GET"]),
+        Route("/api/v1/me/api-tokens/{prefix}", revoke_my_token, methods=["DELETE"]),
         Route("/api/v1/spaces", list_spaces, methods=["GET"]),
         Route("/api/v1/spaces", create_space, methods=["POST"]),
         Route(sp, get_space, methods=["GET"]),

@@ -1,28 +1,56 @@
 """Who is asking: API tokens for scripts, cookie sessions (with CSRF) for browsers.
 
 Other modules use `current_user(request)`, `require_user(request)` and
-`csrf_token_for(request)`; the UI checks form posts with `check_csrf`.
+`csrf_token_for(request)`; the UI checks form posts with `check_csrf`; the
+relay uses `require_user_with` and `auth_cache`.
+
+Every API call and every relayed query is authenticated, so who a credential
+belongs to is cached in memory for `CACHE_TTL_SECONDS` (keyed by the SHA-256
+of the token or session id; only valid credentials are cached). Commits in
+this process that revoke a token, end a session, or change a user, a Space's
+members or a node's Space clear the cache at once (see `_watch`); changes made
+by other Cloud processes sharing the database are seen within the TTL.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import json
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Session, UOWTransaction
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.cloud.body import read_limited
+from tether.cloud.claim import FailureLimiter, client_address
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError
+from tether.cloud.models import ApiToken, LoginSession, Node, Space, SpaceMember, User, utcnow
+from tether.cloud.secrets import aware
 from tether.cloud.store import users as user_store
 
 SESSION_COOKIE = "tether_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# How long another Cloud process may act on a revoked credential or a removed
+# membership (this process forgets at once). Short on purpose.
+CACHE_TTL_SECONDS = 5.0
+# Bounds memory if many credentials are used within one TTL.
+CACHE_MAX_ENTRIES = 50_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,44 +62,271 @@ class Principal:
     csrf: str | None = None
 
 
-def _lookup(db: Database, bearer: str | None, sid: str | None) -> Principal | None:
+class AuthCache:
+    """Valid credentials -> Principal, and (user, node) pairs known visible,
+    each for a few seconds. Filled from the event loop and worker threads,
+    cleared from whichever thread commits a change, hence the lock.
+
+    `generation` guards against a lookup that read the database before a
+    change committed storing its stale answer after the cache was cleared:
+    take it before the lookup and pass it to `put_*`."""
+
+    def __init__(self, ttl: float = CACHE_TTL_SECONDS, max_entries: int = CACHE_MAX_ENTRIES):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._principals: dict[str, tuple[float, Principal]] = {}
+        self._visible: dict[tuple[str, str], float] = {}
+        # Lookups in progress, shared by concurrent requests (event loop only).
+        self.flights: dict[Hashable, asyncio.Future[Any]] = {}
+        _caches.add(self)
+
+    def principal(self, key: str) -> Principal | None:
+        hit = self._principals.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put_principal(
+        self, key: str, principal: Principal, generation: int, lifetime: float | None = None
+    ) -> None:
+        ttl = self.ttl if lifetime is None else min(self.ttl, lifetime)
+        if ttl <= 0:
+            return
+        with self._lock:
+            if generation == self.generation:
+                self._bound(self._principals)
+                self._principals[key] = (time.monotonic() + ttl, principal)
+
+    def visible(self, user_id: str, node_id: str) -> bool:
+        until = self._visible.get((user_id, node_id))
+        return until is not None and until >= time.monotonic()
+
+    def put_visible(self, user_id: str, node_id: str, generation: int) -> None:
+        with self._lock:
+            if generation == self.generation:
+                self._bound(self._visible)
+                self._visible[(user_id, node_id)] = time.monotonic() + self.ttl
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._principals.clear()
+            self._visible.clear()
+
+    def _bound(self, entries: dict[Any, Any]) -> None:
+        if len(entries) < self.max_entries:
+            return
+        now = time.monotonic()
+        for key in [k for k, v in entries.items() if (v[0] if isinstance(v, tuple) else v) < now]:
+            del entries[key]
+        if len(entries) >= self.max_entries:
+            entries.clear()
+
+
+# --- invalidation: watch every ORM session in this process --------------------
+
+_caches: weakref.WeakSet[AuthCache] = weakref.WeakSet()
+_DIRTY = "tether.auth_cache_dirty"
+# Bulk UPDATE/DELETE statements on these clear the cache (node state updates do not).
+_BULK_UPDATE = (ApiToken, LoginSession, User, SpaceMember, Space)
+_BULK_DELETE = (*_BULK_UPDATE, Node)
+
+
+def _changed(obj: object, *attrs: str) -> bool:
+    state = inspect(obj)
+    return any(state.attrs[a].history.has_changes() for a in attrs)
+
+
+def _affects_access(session: Session) -> bool:
+    """Whether this flush changes who a credential is or what a user may see."""
+    for obj in session.deleted:
+        if isinstance(obj, _BULK_DELETE):
+            return True
+    for obj in session.new:
+        if isinstance(obj, SpaceMember):
+            return True
+    for obj in session.dirty:
+        if isinstance(obj, (SpaceMember, User)):
+            return True
+        if isinstance(obj, ApiToken) and _changed(obj, "revoked", "token_hash", "user_id"):
+            return True
+        if isinstance(obj, LoginSession) and _changed(obj, "user_id", "expires_at"):
+            return True
+        if isinstance(obj, Node) and _changed(obj, "space_id"):
+            return True
+    return False
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _ctx: UOWTransaction) -> None:
+    if _affects_access(session):
+        session.info[_DIRTY] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _on_execute(state: Any) -> None:
+    watched = _BULK_DELETE if state.is_delete else _BULK_UPDATE if state.is_update else ()
+    if watched and any(issubclass(m.class_, watched) for m in state.all_mappers):
+        state.session.info[_DIRTY] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_DIRTY, False):
+        for cache in list(_caches):
+            cache.invalidate()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_DIRTY, None)
+
+
+def auth_cache(app: Starlette) -> AuthCache:
+    """The app's cache, made on first use."""
+    cache: AuthCache | None = getattr(app.state, "auth_cache", None)
+    if cache is None:
+        cache = app.state.auth_cache = AuthCache()
+    return cache
+
+
+# --- lookups ---------------------------------------------------------------------
+
+
+def _lookup(db: Database, bearer: str | None, sid: str | None) -> tuple[Principal | None, float]:
+    """The principal behind the credentials (from the database) and how many
+    seconds it may be cached at most."""
     if bearer is not None:
         with db.session() as s:
-            user = user_store.user_for_api_token(s, bearer)
-            touch = user is not None and user_store.needs_touch(s, bearer)
-            principal = Principal(user.id, user.email, user.name, "token") if user else None
+            found = user_store.api_token_owner(s, bearer)
+            if found is None:
+                return None, 0.0
+            user, row = found
+            principal = Principal(user.id, user.email, user.name, "token")
+            touch = user_store.touch_due(row)
         if touch:
             with db.session(write_lock=True) as s:
                 user_store.touch_api_token(s, bearer)
-        return principal
-    with db.session() as s:
-        if sid:
-            found = user_store.session_for(s, sid)
-            if found:
-                user, row = found
-                return Principal(user.id, user.email, user.name, "session", row.csrf)
-    return None
+        return principal, CACHE_TTL_SECONDS
+    if sid:
+        with db.session() as s:
+            session_found = user_store.session_for(s, sid)
+            if session_found:
+                user, session_row = session_found
+                left = (aware(session_row.expires_at) - utcnow()).total_seconds()
+                return Principal(user.id, user.email, user.name, "session", session_row.csrf), left
+    return None, 0.0
+
+
+def _credentials(request: Request) -> tuple[str | None, str | None, str | None]:
+    """(bearer token, session id, cache key) from the request."""
+    header = request.headers.get("authorization", "")
+    bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
+    sid = request.cookies.get(SESSION_COOKIE) or None
+    if bearer is not None:
+        return bearer, sid, "t" + hashlib.sha256(bearer.encode()).hexdigest()
+    if sid:
+        return None, sid, "s" + hashlib.sha256(sid.encode()).hexdigest()
+    return None, None, None
+
+
+def _bad_token() -> ApiError:
+    return ApiError(
+        401,
+        "ErrUnauthorized",
+        "The API token is not valid or was revoked; create a new one.",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def _resolve(
+    request: Request,
+    cached: Callable[[Principal], T | None] | None,
+    check: Callable[[Principal], T] | None,
+    topic: str = "",
+) -> tuple[Principal | None, T | None]:
+    """The principal, and `check`'s answer unless `cached` knew it, doing any
+    database work for both in one threadpool hop. Concurrent requests needing
+    the same lookup (same credential or user, same `topic` of `check`) share
+    one hop: when an entry expires under load, one query refreshes it instead
+    of one per request in flight."""
+    principal: Principal | None
+    bearer = sid = key = None
+    cache = auth_cache(request.app)
+    if hasattr(request.state, "principal"):  # already resolved for this request
+        principal = request.state.principal
+        known = True
+    else:
+        bearer, sid, key = _credentials(request)
+        principal = cache.principal(key) if key else None
+        known = principal is not None or key is None
+    result = cached(principal) if cached is not None and principal is not None else None
+    if known and (result is not None or check is None or principal is None):
+        request.state.principal = principal
+        return principal, result
+
+    db: Database = request.app.state.db
+    generation = cache.generation  # before the lookup: see AuthCache
+
+    async def lookup() -> tuple[Principal | None, T | None]:
+        def work() -> tuple[Principal | None, float, T | None]:
+            p, lifetime = (principal, 0.0) if known else _lookup(db, bearer, sid)
+            return p, lifetime, (check(p) if check is not None and p is not None else None)
+
+        p, lifetime, answer = await run_in_threadpool(work)
+        if not known and p is not None:
+            cache.put_principal(key or "", p, generation, lifetime)
+        return p, answer
+
+    who = principal.user_id if known and principal is not None else key
+    flight = (generation, who, topic if check is not None else None)
+    task = cache.flights.get(flight)
+    if task is None:
+        task = cache.flights[flight] = asyncio.ensure_future(lookup())
+        task.add_done_callback(lambda _: cache.flights.pop(flight, None))
+    # shield: a client that goes away must not cancel the lookup others wait on.
+    found, result = await asyncio.shield(task)
+    if found is None and bearer is not None:
+        raise _bad_token()
+    request.state.principal = found
+    return found, result
 
 
 async def current_user(request: Request) -> Principal | None:
     """The signed-in user, from `Authorization: Bearer tat_...` or the session cookie."""
-    if hasattr(request.state, "principal"):
-        return request.state.principal  # type: ignore[no-any-return]
-    header = request.headers.get("authorization", "")
-    bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
-    sid = request.cookies.get(SESSION_COOKIE)
-    principal = None
-    if bearer is not None or sid:
-        principal = await run_in_threadpool(_lookup, request.app.state.db, bearer, sid)
-    if header and bearer is not None and principal is None:
+    principal, _ = await _resolve(request, None, None)
+    return principal
+
+
+def _require(request: Request, principal: Principal | None) -> Principal:
+    if principal is None:
         raise ApiError(
             401,
             "ErrUnauthorized",
-            "The API token is not valid or was revoked; create a new one.",
+            "Sign in first: send 'Authorization: Bearer <API token>' or log in at "
+            "/api/v1/auth/login.",
             {"WWW-Authenticate": "Bearer"},
         )
-    request.state.principal = principal
+    check_csrf(request, principal, request.headers.get(CSRF_HEADER))
     return principal
+
+
+async def require_user_with(
+    request: Request,
+    cached: Callable[[Principal], T | None],
+    check: Callable[[Principal], T],
+    topic: str,
+) -> tuple[Principal, T]:
+    """`require_user`, plus a per-request permission answer: `cached(user)`
+    from memory (None when it does not know), else `check(user)`, a blocking
+    database call run in the same threadpool hop as the credential lookup.
+    `topic` names what `check` decides (e.g. the node id): concurrent requests
+    with the same user and topic share one check."""
+    principal, result = await _resolve(request, cached, check, topic)
+    user = _require(request, principal)
+    return user, cast(T, result)  # set whenever there is a principal
 
 
 def check_csrf(request: Request, principal: Principal, value: str | None) -> None:
@@ -87,17 +342,7 @@ def check_csrf(request: Request, principal: Principal, value: str | None) -> Non
 
 async def require_user(request: Request) -> Principal:
     """The signed-in user, else 401; checks CSRF for cookie-authenticated writes."""
-    principal = await current_user(request)
-    if principal is None:
-        raise ApiError(
-            401,
-            "ErrUnauthorized",
-            "Sign in first: send 'Authorization: Bearer <API token>' or log in at "
-            "/api/v1/auth/login.",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    check_csrf(request, principal, request.headers.get(CSRF_HEADER))
-    return principal
+    return _require(request, await current_user(request))
 
 
 async def csrf_token_for(request: Request) -> str | None:
@@ -127,6 +372,19 @@ def set_session_cookie(request: Request, response: Response, sid: str) -> None:
     )
 
 
+LOGIN_FAILURES_PER_MINUTE = 10
+
+
+def login_limiter(request: Request) -> FailureLimiter:
+    """Failed sign-ins per source address per minute: one count for the API
+    and the web UI, so neither is a way around the other."""
+    state = request.app.state
+    if not hasattr(state, "login_limiter"):
+        state.login_limiter = FailureLimiter(LOGIN_FAILURES_PER_MINUTE)
+    limiter: FailureLimiter = state.login_limiter
+    return limiter
+
+
 async def login(request: Request) -> Response:
     """Log in with JSON {"email", "password"}.
 
@@ -138,11 +396,21 @@ async def login(request: Request) -> Response:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         raise ApiError(400, "ErrBadRequest", 'Send JSON {"email": ..., "password": ...}.') from None
+    limiter, address = login_limiter(request), client_address(request)
+    wait = limiter.retry_after(address)
+    if wait:
+        raise ApiError(
+            429,
+            "ErrRateLimited",
+            f"Too many failed sign-ins from your address; try again in {wait} s.",
+            {"Retry-After": str(wait)},
+        )
     settings = request.app.state.settings
     found = await run_in_threadpool(
         _login, request.app.state.db, email, password, settings.session_days
     )
     if found is None:
+        limiter.failed(address)
         raise ApiError(401, "ErrUnauthorized", "Wrong email or password.")
     sid, csrf = found
     response = JSONResponse({"csrf_token": csrf})

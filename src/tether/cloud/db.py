@@ -17,7 +17,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # As many pooled connections as the thread pool has workers (40), so
+        # busy moments reuse connections instead of opening new ones (each
+        # open runs the PRAGMAs below).
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=40,
+            max_overflow=10,
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -48,10 +48,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from tether.cloud.batching import GroupCommit
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response
 from tether.cloud.models import CloudProcess, Node, utcnow
-from tether.cloud.node_auth import consume_link_token, purge_expired
+from tether.cloud.node_auth import (
+    OneTimeSecrets,
+    consume_link_token,
+    purge_expired,
+    seal_challenge,
+)
 from tether.cloud.routing import NatsRouter, NodeNotConnected, PresenceEvent, Router
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import nodes as node_store
@@ -85,6 +91,9 @@ from tether.protocol.link import (
 log = logging.getLogger("tether.cloud.link")
 
 HELLO_TIMEOUT = 10.0
+# A presence event's state meaning "the node was removed": the process that
+# holds its link closes it with 4003 at once (not at the next sweep).
+STATE_REMOVED = "removed"
 _CHUNK = 500  # ids per IN (...) query
 # Presence never needs a node's rooms; skip their extra SELECT.
 _NO_ROOMS = [lazyload(Node.rooms)]
@@ -191,76 +200,91 @@ class Connected:
     duplicate: dict[str, Any] | None
 
 
-def db_connect(
-    db: Database,
-    node_id: str,
-    session_id: str,
-    hello: Hello,
-    address: str,
-    process_id: str,
-    grace_seconds: float = 60.0,
-) -> Connected | None:
+@dataclass(frozen=True)
+class ConnectRecord:
+    """A link that sent its Hello, to be recorded live."""
+
+    node_id: str
+    session_id: str
+    hello: Hello
+    address: str
+    process_id: str
+    grace_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class DisconnectRecord:
+    """A closed link, to be recorded offline if it is still the node's session."""
+
+    node_id: str
+    session_id: str
+    cause: str
+    cause_code: str
+    expected_back_seconds: float | None
+
+
+def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
     """Mark the node live for this session, refresh its metadata from Hello and
     record a duplicate when another session was live (on a Cloud process that
     is still beating). None if the node is gone."""
-    with db.session(write_lock=True) as s:
-        node = s.get(Node, node_id, with_for_update=True, options=_NO_ROOMS)
-        if node is None:
-            return None
-        duplicate = None
-        now = utcnow()
-        if (
-            node.state == "live"
-            and node.connected_session_id not in (None, session_id)
-            and _process_alive(s, node.link_process, now, grace_seconds)
-        ):
-            duplicate = {
-                "previous": {
-                    "session_id": node.connected_session_id,
-                    **_fingerprint(node.last_address, node.machine_id, node.boot_id),
-                },
-                "current": {
-                    "session_id": session_id,
-                    **_fingerprint(address, hello.machine_id, hello.boot_id),
-                },
-                "same_host": bool(hello.machine_id)
-                and hello.machine_id == node.machine_id
-                and hello.boot_id == node.boot_id,
-            }
-            node.duplicate_detected_at = now
-            node.duplicate_detail = json.dumps(duplicate)
-            node_store.record_event(
-                s,
-                node,
-                "duplicate",
-                cause=f"a second link for this node from {address} replaced the one from "
-                f"{node.last_address} (cloned machine or copied cloud.d?)",
-                detail=duplicate,
-            )
-        node.hostname = _clip(hello.hostname, 255) or node.hostname
-        node.os = _clip(hello.os, 200) or None
-        node.agent_version = _clip(hello.agent_version, 64) or None
-        node.machine_id = _clip(hello.machine_id, 64) or None
-        node.boot_id = _clip(hello.boot_id, 64) or None
-        if hello.machine_guid:
-            node.machine_guid = _clip(hello.machine_guid, 64)
-        node.link_process = process_id
-        cause = f"replaced: a new link from {address}" if duplicate else f"connected from {address}"
-        node_store.set_state(
+    node_id, session_id, hello, address = rec.node_id, rec.session_id, rec.hello, rec.address
+    node = s.get(Node, node_id, with_for_update=True, options=_NO_ROOMS)
+    if node is None:
+        return None
+    duplicate = None
+    now = utcnow()
+    if (
+        node.state == "live"
+        and node.connected_session_id not in (None, session_id)
+        and _process_alive(s, node.link_process, now, rec.grace_seconds)
+    ):
+        duplicate = {
+            "previous": {
+                "session_id": node.connected_session_id,
+                **_fingerprint(node.last_address, node.machine_id, node.boot_id),
+            },
+            "current": {
+                "session_id": session_id,
+                **_fingerprint(address, hello.machine_id, hello.boot_id),
+            },
+            "same_host": bool(hello.machine_id)
+            and hello.machine_id == node.machine_id
+            and hello.boot_id == node.boot_id,
+        }
+        node.duplicate_detected_at = now
+        node.duplicate_detail = json.dumps(duplicate)
+        node_store.record_event(
             s,
             node,
-            "live",
-            cause,
-            session_id=session_id,
-            address=address[:64],
-            detail={
-                "cause_code": presence.CAUSE_REPLACED if duplicate else presence.CAUSE_CONNECTED,
-                "session_id": session_id,
-                "address": address,
-                "agent_version": hello.agent_version,
-            },
+            "duplicate",
+            cause=f"a second link for this node from {address} replaced the one from "
+            f"{node.last_address} (cloned machine or copied cloud.d?)",
+            detail=duplicate,
         )
-        return Connected(node.hostname, node.space_id, duplicate)
+    node.hostname = _clip(hello.hostname, 255) or node.hostname
+    node.os = _clip(hello.os, 200) or None
+    node.agent_version = _clip(hello.agent_version, 64) or None
+    node.machine_id = _clip(hello.machine_id, 64) or None
+    node.boot_id = _clip(hello.boot_id, 64) or None
+    if hello.machine_guid:
+        node.machine_guid = _clip(hello.machine_guid, 64)
+    node.link_process = rec.process_id
+    cause = f"replaced: a new link from {address}" if duplicate else f"connected from {address}"
+    node_store.set_state(
+        s,
+        node,
+        "live",
+        cause,
+        session_id=session_id,
+        address=address[:64],
+        detail={
+            "cause_code": presence.CAUSE_REPLACED if duplicate else presence.CAUSE_CONNECTED,
+            "session_id": session_id,
+            "address": address,
+            "agent_version": hello.agent_version,
+        },
+    )
+    return Connected(node.hostname, node.space_id, duplicate)
 
 
 def _process_alive(
@@ -276,20 +300,12 @@ def _process_alive(
     return beat >= now - dt.timedelta(seconds=grace_seconds)
 
 
-def db_disconnect(
-    db: Database,
-    node_id: str,
-    session_id: str,
-    cause: str,
-    cause_code: str,
-    expected_back_seconds: float | None,
-) -> bool:
-    """Mark the node offline if `session_id` is still its live session."""
-    with db.session(write_lock=True) as s:
-        node = s.get(Node, node_id, with_for_update=True, options=_NO_ROOMS)
-        if node is None:
-            return False
-        return _offline(s, node, session_id, cause, cause_code, expected_back_seconds)
+def db_disconnect(s: Session, rec: DisconnectRecord) -> bool:
+    """Mark the node offline if `rec.session_id` is still its live session."""
+    node = s.get(Node, rec.node_id, with_for_update=True, options=_NO_ROOMS)
+    if node is None:
+        return False
+    return _offline(s, node, rec.session_id, rec.cause, rec.cause_code, rec.expected_back_seconds)
 
 
 def _offline(
@@ -472,8 +488,16 @@ class LinkService:
         self._stopped = False
         self._restart_spread = 2.0
         self._purged_at = time.monotonic()
+        # One process keeps challenges and link tokens in memory; processes
+        # sharing the database (NATS) keep them as rows (see node_auth).
+        self.secrets: OneTimeSecrets | None = None if settings.nats_url else OneTimeSecrets()
+        # Challenges of a single process: the node's key read in shared batches.
+        self.seals = GroupCommit(db, seal_challenge, key=str, write=False)
+        self._connects = GroupCommit(db, db_connect, key=lambda r: r.node_id)
+        self._disconnects = GroupCommit(db, db_disconnect, key=lambda r: r.node_id)
         if isinstance(router, NatsRouter):
             router.subscribe_takeover(self._taken_over)
+        router.subscribe_presence(self._on_presence)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -577,6 +601,8 @@ class LinkService:
         if time.monotonic() - self._purged_at > 60:
             self._purged_at = time.monotonic()
             await run_in_threadpool(purge_expired, self.db)
+            if self.secrets is not None:
+                self.secrets.purge()
         for node_id, session in await run_in_threadpool(
             db_reap_dead_processes, self.db, self._grace()
         ):
@@ -642,6 +668,32 @@ class LinkService:
                 presence.CAUSE_REPLACED,
             )
 
+    # -- node removal -------------------------------------------------------------
+
+    async def close_node(self, node_id: str) -> None:
+        """The node was removed (its row is gone): close its live link now with
+        4003, here or, through the router, on whichever process holds it."""
+        await self._close_removed(node_id)
+        await self._publish(node_id, STATE_REMOVED, "", presence.CAUSE_REMOVED, "removed")
+
+    async def _close_removed(self, node_id: str) -> None:
+        if self.secrets is not None:
+            self.secrets.forget_node(node_id)
+        link = self.links.get(node_id)
+        if link is None or link.closed:
+            return
+        log.info("ACLK node %s was removed: closing its link", node_id)
+        await link.close(
+            CLOSE_NODE_REMOVED,
+            "node removed from its Space",
+            "node removed",
+            presence.CAUSE_REMOVED,
+        )
+
+    async def _on_presence(self, event: PresenceEvent) -> None:
+        if event.state == STATE_REMOVED:
+            await self._close_removed(event.node_id)
+
     # -- presence -----------------------------------------------------------------
 
     async def _publish(
@@ -689,7 +741,11 @@ class LinkService:
             )
             return
         token = auth.bearer_token(ws.headers.get("authorization"))
-        node_id = await run_in_threadpool(consume_link_token, self.db, token) if token else None
+        node_id: str | None = None
+        if token and self.secrets is not None:
+            node_id = self.secrets.consume_token(token)
+        elif token:
+            node_id = await run_in_threadpool(consume_link_token, self.db, token)
         if node_id is None:
             log.warning(
                 "ACLK link from %s refused: link token %s",
@@ -712,15 +768,8 @@ class LinkService:
             return
         session_id = uuid.uuid4().hex
         try:
-            connected = await run_in_threadpool(
-                db_connect,
-                self.db,
-                node_id,
-                session_id,
-                hello,
-                address,
-                self.process_id,
-                self._grace(),
+            connected = await self._connects.submit(
+                ConnectRecord(node_id, session_id, hello, address, self.process_id, self._grace())
             )
         except Exception:
             log.exception("ACLK node %s: could not record the connection", node_id)
@@ -907,14 +956,10 @@ class LinkService:
         if link.recorded_offline:
             return
         try:
-            applied = await run_in_threadpool(
-                db_disconnect,
-                self.db,
-                link.node_id,
-                link.session_id,
-                cause,
-                code,
-                link.expected_back_seconds,
+            applied = await self._disconnects.submit(
+                DisconnectRecord(
+                    link.node_id, link.session_id, cause, code, link.expected_back_seconds
+                )
             )
         except Exception:
             log.exception("ACLK node %s: could not record the link closing", link.node_id)

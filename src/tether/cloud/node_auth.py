@@ -4,11 +4,21 @@
     POST /api/v1/auth/node/{claim_id}/password  -> {"linkToken", "linkUrl", ...}
 
 The challenge is 32 random bytes encrypted to the node's registered public key
-(RSA-OAEP-SHA256). The database keeps only its SHA-256, bound to the node, with
-an expiry under a minute; an answer consumes it with one conditional UPDATE
-(checked by rowcount), so of several concurrent answers, on any number of Cloud
-processes sharing the database, exactly one wins. The winner gets a one-time
-link token (again only its hash is stored) for one `/aclk` connection.
+(RSA-OAEP-SHA256). Only its SHA-256 is kept, bound to the node, with an expiry
+under a minute; an answer consumes it once. The winner gets a one-time link
+token (again only its hash is kept) for one `/aclk` connection.
+
+Where those hashes live depends on how many Cloud processes serve the nodes:
+
+- one process (no NATS, the default): in memory (`OneTimeSecrets`), touched only
+  from the event loop, so consuming is a dictionary pop and single use needs no
+  lock. A link setup then costs one database read (the node's public key) and
+  the link's own presence write, instead of four write transactions serialised
+  through SQLite's write lock. A restart forgets them: agents authenticate again
+  after a restart anyway.
+- several processes (NATS): in the database, consumed with one conditional
+  UPDATE (checked by rowcount, or RETURNING), so of several concurrent answers
+  on any number of processes exactly one wins.
 
 Failures are logged with the node id and address, never the challenge, the
 answer or the token, and rate limited per node and per address.
@@ -21,10 +31,12 @@ import hashlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import msgspec
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -95,7 +107,110 @@ class AuthLimiter:
         self.nodes.record_success(node_id)
 
 
+# -- one process: in memory ------------------------------------------------------
+
+
+class OneTimeSecrets:
+    """Outstanding challenges and link tokens of a single-process Cloud, by hash.
+
+    Use from the event loop only (no locks: nothing awaits between a check and
+    its pop). Bounded: at most MAX_CHALLENGES_PER_NODE per node (the oldest go
+    first), and only nodes with a registered key get any."""
+
+    MAX_CHALLENGES_PER_NODE = 8
+
+    def __init__(self) -> None:
+        # node id -> challenge hash -> (expires at, consumed); monotonic seconds.
+        self._challenges: dict[str, OrderedDict[str, tuple[float, bool]]] = {}
+        # link token hash -> (node id, expires at)
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    def add_challenge(self, node_id: str, challenge: bytes, ttl: float) -> None:
+        per_node = self._challenges.setdefault(node_id, OrderedDict())
+        per_node[_sha256(challenge)] = (time.monotonic() + ttl, False)
+        while len(per_node) > self.MAX_CHALLENGES_PER_NODE:
+            per_node.popitem(last=False)
+
+    def consume_challenge(self, node_id: str, answer: bytes) -> str:
+        """Outcome: "ok" (now used), "used" (expired or used before) or "unknown"."""
+        per_node = self._challenges.get(node_id)
+        key = _sha256(answer)
+        entry = per_node.get(key) if per_node else None
+        if per_node is None or entry is None:
+            return "unknown"
+        expires, consumed = entry
+        if consumed or expires <= time.monotonic():
+            return "used"
+        # Kept (marked used) so a replay is told apart from a wrong answer.
+        per_node[key] = (expires, True)
+        return "ok"
+
+    def issue_token(self, node_id: str) -> str:
+        token = auth.make_link_token()
+        self._tokens[auth.hash_token(token)] = (node_id, time.monotonic() + LINK_TOKEN_TTL_SECONDS)
+        return token
+
+    def consume_token(self, token: str) -> str | None:
+        """The node id of a valid, unused link token, now used; else None."""
+        entry = self._tokens.pop(auth.hash_token(token), None)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def forget_node(self, node_id: str) -> None:
+        """A removed node's outstanding challenges and tokens stop working."""
+        self._challenges.pop(node_id, None)
+        for key in [k for k, (nid, _) in self._tokens.items() if nid == node_id]:
+            del self._tokens[key]
+
+    def purge(self) -> None:
+        now = time.monotonic()
+        keep = CHALLENGE_RETENTION.total_seconds()
+        for node_id in list(self._challenges):
+            per_node = self._challenges[node_id]
+            for key in [k for k, (exp, _) in per_node.items() if exp + keep < now]:
+                del per_node[key]
+            if not per_node:
+                del self._challenges[node_id]
+        for key in [k for k, (_, exp) in self._tokens.items() if exp <= now]:
+            del self._tokens[key]
+
+
 # -- database work (run in a thread) ----------------------------------------------
+
+
+def seal_challenge(s: Session, node_id: str) -> tuple[bytes, bytes] | None:
+    """(challenge, challenge encrypted to the node's key), None for an unknown
+    node. Read-only; run in batches (tether.cloud.batching), so a storm of
+    challenges shares a few pooled connections instead of one each."""
+    public_key_pem = s.scalar(select(Node.public_key_pem).where(Node.id == node_id))
+    if public_key_pem is None:
+        return None
+    challenge = auth.make_challenge()
+    return challenge, auth.encrypt_challenge(public_key_pem.encode(), challenge)
+
+
+def wrong_answer(db: Database, node_id: str) -> NodeAuthError:
+    """The error for an answer that matches no challenge of the node."""
+    with db.session() as s:
+        if s.scalar(select(Node.id).where(Node.id == node_id)) is None:
+            return _not_found(node_id)
+    return _incorrect_response()
+
+
+def _incorrect_response() -> NodeAuthError:
+    return NodeAuthError(
+        "ErrIncorrectResponse",
+        "The answer does not match any challenge issued to this node: the node's "
+        "private key is not the key it was claimed with. Fix: "
+        + auth.AUTH_ERRORS["ErrIncorrectResponse"].fix,
+    )
+
+
+def _challenge_used() -> NodeAuthError:
+    return NodeAuthError(
+        "ErrChallengeExpired", "The challenge expired or was already used; ask for a new one."
+    )
 
 
 def issue_challenge(db: Database, node_id: str, ttl: float, address: str) -> bytes:
@@ -142,16 +257,8 @@ def answer_challenge(db: Database, node_id: str, answer: bytes) -> str:
                 )
             )
             if known is not None:
-                raise NodeAuthError(
-                    "ErrChallengeExpired",
-                    "The challenge expired or was already used; ask for a new one.",
-                )
-            raise NodeAuthError(
-                "ErrIncorrectResponse",
-                "The answer does not match any challenge issued to this node: the node's "
-                "private key is not the key it was claimed with. Fix: "
-                + auth.AUTH_ERRORS["ErrIncorrectResponse"].fix,
-            )
+                raise _challenge_used()
+            raise _incorrect_response()
         token = auth.make_link_token()
         s.add(
             LinkToken(
@@ -243,6 +350,24 @@ def _start(request: Request) -> tuple[_Call, Response | None]:
     return call, None
 
 
+def one_time_secrets(request: Request) -> OneTimeSecrets | None:
+    """The in-memory store of a single-process Cloud; None when several share
+    the database (then challenges and tokens are rows)."""
+    memory: OneTimeSecrets | None = request.app.state.links.secrets
+    return memory
+
+
+async def _answer_in_memory(
+    memory: OneTimeSecrets, db: Database, node_id: str, answer: bytes
+) -> str:
+    outcome = memory.consume_challenge(node_id, answer)
+    if outcome == "ok":
+        return memory.issue_token(node_id)
+    if outcome == "used":
+        raise _challenge_used()
+    raise await run_in_threadpool(wrong_answer, db, node_id)
+
+
 async def challenge(request: Request) -> Response:
     """A fresh challenge encrypted to the node's key (single use, expires < 60 s)."""
     call, refused = _start(request)
@@ -250,10 +375,18 @@ async def challenge(request: Request) -> Response:
         return refused
     settings: CloudSettings = request.app.state.settings
     ttl = min(59.0, settings.challenge_ttl_seconds)
+    memory = one_time_secrets(request)
     try:
-        sealed = await run_in_threadpool(
-            issue_challenge, request.app.state.db, call.node_id, ttl, call.address
-        )
+        if memory is not None:
+            issued = await request.app.state.links.seals.submit(call.node_id)
+            if issued is None:
+                raise _not_found(call.node_id)
+            challenge_bytes, sealed = issued
+            memory.add_challenge(call.node_id, challenge_bytes, ttl)
+        else:
+            sealed = await run_in_threadpool(
+                issue_challenge, request.app.state.db, call.node_id, ttl, call.address
+            )
     except NodeAuthError as exc:
         request.app.state.auth_limiter.failed(call.node_id, call.address)
         return _error(exc, call, "challenge")
@@ -279,10 +412,14 @@ async def password(request: Request) -> Response:
         return error_response(
             400, "ErrBadRequest", f'Send JSON {{"response": "<base64>"}} ({exc}).'
         )
+    memory = one_time_secrets(request)
     try:
-        token = await run_in_threadpool(
-            answer_challenge, request.app.state.db, call.node_id, answer
-        )
+        if memory is not None:
+            token = await _answer_in_memory(memory, request.app.state.db, call.node_id, answer)
+        else:
+            token = await run_in_threadpool(
+                answer_challenge, request.app.state.db, call.node_id, answer
+            )
     except NodeAuthError as exc:
         limiter.failed(call.node_id, call.address)
         return _error(exc, call, "answer")

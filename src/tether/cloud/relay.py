@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.cloud.auth import require_user
+from tether.cloud.auth import Principal, auth_cache, require_user_with
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response, not_found
 from tether.cloud.models import Node, SpaceMember
@@ -37,9 +37,8 @@ RELAYED = frozenset({"info", "charts", "chart", "data", "alarms", "alarm_log", "
 MAX_QUERY = 2048
 
 
-def _visible(db: Database, user_id: str, node_id: str) -> dict[str, Any] | None:
-    """The node's presence if `user_id` is a member of its Space, else None
-    (one query: this runs on every relayed request)."""
+def _presence(db: Database, user_id: str, node_id: str) -> dict[str, Any] | None:
+    """The node's presence if `user_id` is a member of its Space, else None."""
     with db.session() as s:
         row = s.execute(
             select(Node.state, Node.state_since, Node.state_cause)
@@ -51,10 +50,33 @@ def _visible(db: Database, user_id: str, node_id: str) -> dict[str, Any] | None:
     return {"state": row.state, "since": iso(row.state_since), "cause": row.state_cause}
 
 
+async def _authorize(request: Request, node_id: str) -> Principal:
+    """The caller, if they may read `node_id` (401/404 otherwise). This runs on
+    every relayed query: both answers come from the auth cache when they can,
+    else from the database in one threadpool hop."""
+    cache = auth_cache(request.app)
+    db: Database = request.app.state.db
+    generation = cache.generation  # before the lookup: see AuthCache
+
+    def cached(user: Principal) -> bool | None:
+        return True if cache.visible(user.user_id, node_id) else None
+
+    def check(user: Principal) -> bool:
+        visible = _presence(db, user.user_id, node_id) is not None
+        if visible:  # only "yes" is cached: a new member must not wait for a TTL
+            cache.put_visible(user.user_id, node_id, generation)
+        return visible
+
+    user, visible = await require_user_with(request, cached, check, node_id)
+    if not visible:
+        raise not_found("Node")
+    return user
+
+
 async def relay(request: Request) -> Response:
     """Answer `GET` from the node's own API, through its link."""
-    user = await require_user(request)
     node_id = str(request.path_params["node_id"]).lower()
+    user = await _authorize(request, node_id)
     name = str(request.path_params["name"]).strip("/")
     name = name.removeprefix("api/v1/")
     if name not in RELAYED:
@@ -63,12 +85,10 @@ async def relay(request: Request) -> Response:
             "ErrNotFound",
             f"{name[:60]!r} is not relayed; use one of: {', '.join(sorted(RELAYED))}.",
         )
-    query = request.url.query
+    # Straight from the scope: building request.url parses the whole URL again.
+    query = request.scope["query_string"].decode()
     if len(query) > MAX_QUERY:
         return error_response(414, "ErrQueryTooLong", f"Keep the query under {MAX_QUERY} bytes.")
-    node = await run_in_threadpool(_visible, request.app.state.db, user.user_id, node_id)
-    if node is None:
-        raise not_found("Node")
     router: Router = request.app.state.router
     timeout: float = request.app.state.settings.relay_timeout_seconds
     try:
@@ -76,6 +96,10 @@ async def relay(request: Request) -> Response:
             node_id, QueryRequest(id=0, path=f"/api/v1/{name}", query=query), timeout
         )
     except NodeNotConnected:
+        # Only now read the node's state: the message says since when and why.
+        node = await run_in_threadpool(_presence, request.app.state.db, user.user_id, node_id)
+        if node is None:  # removed meanwhile, or access lost
+            raise not_found("Node") from None
         return JSONResponse(
             {
                 "errorMsgKey": "ErrNodeUnreachable",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -141,6 +142,11 @@ def run(
             await asyncio.sleep(0.02)
         if server.started and on_ready is not None:
             on_ready()
+        # Everything made at start-up lives as long as the process: move it out
+        # of the collector's reach, or each full collection walks all of it
+        # (measured: 40-50 ms pauses about once a second under relay load).
+        gc.collect()
+        gc.freeze()
         await task
 
     # uvicorn re-raises the signal it caught after a graceful stop; these

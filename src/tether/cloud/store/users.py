@@ -70,14 +70,31 @@ def create_api_token(s: Session, user: User, name: str) -> tuple[str, ApiToken]:
     return token, row
 
 
-def user_for_api_token(s: Session, token: str) -> User | None:
+def api_token_owner(s: Session, token: str) -> tuple[User, ApiToken] | None:
+    """The user a valid, unrevoked API token belongs to, with its row (one
+    indexed SELECT by prefix, then a constant-time hash comparison)."""
     prefix = token_prefix(token, API_KIND)
     if prefix is None:
         return None
     row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix))
     if row is None or row.revoked or not same_hash(token, row.token_hash):
         return None
-    return s.get(User, row.user_id)
+    user = s.get(User, row.user_id)
+    return (user, row) if user is not None else None
+
+
+def user_for_api_token(s: Session, token: str) -> User | None:
+    found = api_token_owner(s, token)
+    return found[0] if found else None
+
+
+# `last_used_at` is recorded at most this often: a write per request would
+# serialise every API call on the database's write lock.
+TOUCH_INTERVAL = dt.timedelta(minutes=1)
+
+
+def touch_due(row: ApiToken) -> bool:
+    return row.last_used_at is None or utcnow() - aware(row.last_used_at) > TOUCH_INTERVAL
 
 
 def touch_api_token(s: Session, token: str) -> None:
@@ -85,19 +102,23 @@ def touch_api_token(s: Session, token: str) -> None:
     upgrading a read transaction to a write fails at once on SQLite."""
     prefix = token_prefix(token, API_KIND)
     row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix)) if prefix else None
-    now = utcnow()
-    if row is not None and (
-        row.last_used_at is None or now - aware(row.last_used_at) > dt.timedelta(minutes=1)
-    ):
-        row.last_used_at = now
+    if row is not None and touch_due(row):
+        row.last_used_at = utcnow()
 
 
-def needs_touch(s: Session, token: str) -> bool:
-    prefix = token_prefix(token, API_KIND)
-    row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix)) if prefix else None
-    return row is not None and (
-        row.last_used_at is None or utcnow() - aware(row.last_used_at) > dt.timedelta(minutes=1)
+def api_tokens_of(s: Session, user_id: str) -> list[ApiToken]:
+    return list(
+        s.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.created_at))
     )
+
+
+def revoke_api_token(s: Session, user_id: str, prefix: str) -> bool:
+    """Revoke one of the user's API tokens by its public prefix; False if none."""
+    row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix, ApiToken.user_id == user_id))
+    if row is None:
+        return False
+    row.revoked = True
+    return True
 
 
 def create_session(s: Session, user: User, days: int) -> tuple[str, LoginSession]:

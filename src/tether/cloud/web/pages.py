@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from tether.cloud import auth
 from tether.cloud.auth import Principal
-from tether.cloud.claim import FailureLimiter, client_address
+from tether.cloud.claim import client_address
 from tether.cloud.models import Node, Room, User, utcnow
 from tether.cloud.secrets import aware, iso
 from tether.cloud.store import claim_tokens
@@ -37,7 +37,6 @@ from tether.cloud.web.common import (
 )
 
 RANGES = {"5m": 300, "1h": 3600}
-SIGNIN_FAILURES_PER_MINUTE = 10
 
 
 def safe_next(value: str | None) -> str:
@@ -135,7 +134,7 @@ async def signin(request: Request) -> Response:
         return _signin_page(request, "The sign-in form expired; please try again.", 403, email)
     if not email or not isinstance(password, str) or not password:
         return _signin_page(request, "Enter your email and password.", 400, email)
-    limiter = signin_limiter(request)
+    limiter = auth.login_limiter(request)
     address = client_address(request)
     wait = limiter.retry_after(address)
     if wait:
@@ -158,15 +157,6 @@ async def signin(request: Request) -> Response:
     auth.set_session_cookie(request, response, sid)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/signin")
     return response
-
-
-def signin_limiter(request: Request) -> FailureLimiter:
-    """Failed sign-ins allowed per source address per minute (one per app)."""
-    state = request.app.state
-    if not hasattr(state, "ui_signin_limiter"):
-        state.ui_signin_limiter = FailureLimiter(SIGNIN_FAILURES_PER_MINUTE)
-    limiter: FailureLimiter = state.ui_signin_limiter
-    return limiter
 
 
 @page
@@ -375,10 +365,14 @@ async def remove_node(request: Request) -> Response:
     await form_of(request, user)
     sid, nid = request.path_params["space_id"], request.path_params["node_id"]
 
-    def remove(s: Session) -> None:
+    def remove(s: Session) -> str:
         space, _ = member_space(s, user, sid, "manager")
-        node_store.remove(s, _node(s, space.id, nid), user.email)
+        node = _node(s, space.id, nid)
+        node_store.remove(s, node, user.email)
+        return node.id
 
-    await in_db(request, remove, write=True)
+    removed: str = await in_db(request, remove, write=True)
+    # Committed: close its live link now (4003), wherever it is held.
+    await request.app.state.links.close_node(removed)
     return redirect(f"/spaces/{sid}")
 

@@ -1,0 +1,85 @@
+"""Node auth when several Cloud processes share PostgreSQL and NATS: a
+challenge and a link token each work exactly once across the processes, and
+removing a node on one process closes its link on the other at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from tests.fixtures.cloud import Cloud
+from tests.link.test_cloud_nats import NATS_URL, pg_url  # noqa: F401 - the fixture
+from tests.link.test_cloud_peer import Link, Peer, open_ws
+from tether.protocol import auth
+from tether.protocol.frames import HelloAck, decode, encode
+
+
+def pair(start_cloud: Callable[..., Cloud], pg_url: str) -> tuple[Cloud, Cloud]:  # noqa: F811
+    """Two processes with the production keepalive (20 s): the sweeper would
+    notice a removal only after that, so a quick close proves the push."""
+    prefix = "t" + uuid.uuid4().hex[:10]  # parallel tests share the NATS server
+    args = ("--keepalive", "20", "--nats-url", NATS_URL, "--nats-subject-prefix", prefix)
+    a = start_cloud(*args, database_url=pg_url)
+    return a, start_cloud(*args, database_url=pg_url, data_dir=a.data_dir)
+
+
+def test_challenge_and_link_token_work_once_across_processes(
+    start_cloud: Callable[..., Cloud],
+    pg_url: str,  # noqa: F811
+) -> None:
+    a, b = pair(start_cloud, pg_url)
+    peer = Peer(a).claim()
+    with a.client() as http:
+        answer = peer.answer_of(peer.challenge(http))  # issued by A
+
+    async def race() -> list[httpx.Response]:
+        # The same answer to both processes at once, on separate connections.
+        clients = [
+            httpx.AsyncClient(base_url=c.url, verify=c.ssl_context(), trust_env=False)
+            for c in (a, b, a, b)
+        ]
+        body = {"response": auth.b64encode(answer)}
+        try:
+            return list(
+                await asyncio.gather(
+                    *(c.post(auth.password_path(peer.node_id), json=body) for c in clients)
+                )
+            )
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    answers = asyncio.run(race())
+    assert sorted(r.status_code for r in answers) == [200, 401, 401, 401], [r.text for r in answers]
+    token = next(r.json()["linkToken"] for r in answers if r.status_code == 200)
+
+    async def links() -> None:
+        # The token was issued by whichever process won; B accepts it once...
+        ws = await open_ws(b, token)
+        await ws.send(encode(peer.hello()))
+        ack = decode(await asyncio.wait_for(ws.recv(decode=False), 10))
+        assert isinstance(ack, HelloAck)
+        link = Link(peer, ws, ack)
+        # ...and A refuses it afterwards: one connection per token, across processes.
+        try:
+            await open_ws(a, token)
+        except Exception as exc:  # websockets' InvalidStatus carries the 401
+            assert "401" in str(exc), exc
+        else:
+            raise AssertionError("a used link token opened a second link")
+        # Removing the node through A closes the link held by B at once (NATS).
+        r = await asyncio.to_thread(
+            a.api, "DELETE", f"/api/v1/spaces/{a.space_id}/nodes/{peer.node_id}"
+        )
+        assert r.status_code == 204, r.text
+        t0 = time.monotonic()
+        code, reason = await link.closed(within=5)
+        took = time.monotonic() - t0
+        assert code == 4003, (code, reason)
+        assert took < 1.0, f"closed {took:.2f} s after removal"
+
+    asyncio.run(links())
