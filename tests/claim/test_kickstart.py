@@ -53,3 +53,16 @@ def test_passes_flags_to_tether_claim_and_its_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 4, proc.stderr
     assert f"the proxy socks5h://127.0.0.1:{proxy_port}" in proc.stderr
     assert "secret-tok" not in proc.stdout + proc.stderr
+
+
+def test_without_the_agent_or_a_package_spec_it_installs_nothing(tmp_path: Path) -> None:
+    """No default package: a public index's "tether" may be someone else's code."""
+    env = clean_env(PATH=f"/usr/bin{os.pathsep}/bin")  # no tether-claim on PATH
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--claim-token=tok", "--claim-url=https://127.0.0.1:1",
+         "--prefix", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert proc.returncode == 1
+    assert "no --package SPEC was given" in proc.stderr
+    assert "installing" not in proc.stderr

@@ -4,9 +4,11 @@
 #   bash <(curl -sS https://CLOUD/kickstart.sh) --claim-token TOKEN \
 #       --claim-rooms ROOM1,ROOM2 --claim-url https://CLOUD [--claim-proxy PROXY]
 #
-# Install source: `pip install --package SPEC` (default: tether). A self-hosted
-# Cloud's admin points SPEC at wherever they publish the agent (a wheel URL, a
-# private index spec, a path). This script never upgrades an existing install.
+# Install source: `pip install SPEC` with `--package SPEC`, which the Cloud's
+# admin points at wherever they publish the agent (a wheel URL, a private index
+# spec, a path). There is no default: installing whatever a public index holds
+# under the name "tether" could install someone else's code as root. This
+# script never upgrades an existing install.
 set -euo pipefail
 
 usage() {
@@ -20,7 +22,7 @@ usage: kickstart.sh --claim-token TOKEN --claim-url URL [options]
   --claim-id UUID         claim as this node id (a new identity)
   --prefix DIR            the agent's install prefix (TETHER_PREFIX)
   --package SPEC          what `pip install` installs when tether-claim is absent
-                          (default: tether)
+                          (a wheel URL or path, or a spec for your own index)
   --insecure              do not verify the Cloud's TLS certificate (dangerous)
   --non-interactive       never ask anything (the default; accepted for compatibility)
   -h, --help              show this help
@@ -29,7 +31,7 @@ USAGE
 
 die() { echo "kickstart: ERROR: $*" >&2; exit 1; }
 
-token="" rooms="" url="" proxy="" claim_id="" prefix="" package="tether" insecure=0
+token="" rooms="" url="" proxy="" claim_id="" prefix="" package="" insecure=0
 
 need_value() { [ "$#" -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 
@@ -62,6 +64,9 @@ if [ -z "$token" ] && [ -n "$url$rooms$proxy" ]; then
 fi
 
 if ! command -v tether-claim >/dev/null 2>&1; then
+  [ -n "$package" ] || die "tether-claim is not installed and no --package SPEC was given: \
+install the Tether agent first (pip install WHEEL_OR_PATH), or pass --package with the wheel \
+your Cloud's admin publishes"
   echo "kickstart: tether-claim not found; installing '$package' with pip" >&2
   if command -v pip3 >/dev/null 2>&1; then pip=pip3
   elif command -v pip >/dev/null 2>&1; then pip=pip
