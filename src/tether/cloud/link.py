@@ -637,17 +637,7 @@ class LinkService:
                 ):
                     await self._publish(node_id, "live", link.session_id, "reasserted")
             elif current[node_id] != link.session_id:
-                log.warning(
-                    "ACLK node %s: a newer link on another Cloud process took over; "
-                    "closing this one",
-                    node_id,
-                )
-                await link.close(
-                    CLOSE_REPLACED,
-                    "replaced by a newer connection",
-                    "replaced by a newer link",
-                    presence.CAUSE_REPLACED,
-                )
+                await self._close_replaced(node_id, link)
 
     async def _taken_over(self, node_id: str) -> None:
         """Another process announced a link for a node linked here: the
@@ -657,16 +647,19 @@ class LinkService:
             return
         current = await run_in_threadpool(db_current_sessions, self.db, [node_id])
         if current.get(node_id) not in (None, link.session_id) and not link.closed:
-            log.warning(
-                "ACLK node %s: a newer link on another Cloud process took over; closing this one",
-                node_id,
-            )
-            await link.close(
-                CLOSE_REPLACED,
-                "replaced by a newer connection",
-                "replaced by a newer link",
-                presence.CAUSE_REPLACED,
-            )
+            await self._close_replaced(node_id, link)
+
+    async def _close_replaced(self, node_id: str, link: LiveLink) -> None:
+        log.warning(
+            "ACLK node %s: a newer link on another Cloud process took over; closing this one",
+            node_id,
+        )
+        await link.close(
+            CLOSE_REPLACED,
+            "replaced by a newer connection",
+            "replaced by a newer link",
+            presence.CAUSE_REPLACED,
+        )
 
     # -- node removal -------------------------------------------------------------
 
