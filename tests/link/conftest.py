@@ -21,7 +21,7 @@ import pytest
 
 from tests.fixtures.agent import AgentLauncher, RunningAgent
 from tests.fixtures.cloud import Cloud
-from tests.fixtures.common import clean_env, command
+from tests.fixtures.common import clean_env, command, poll, stop_process
 from tests.fixtures.proxies import ProxyProcess
 from tether.net.proxy import mask_url
 
@@ -59,16 +59,6 @@ def run_claim(prefix: Path, cloud: Cloud, *extra: str) -> subprocess.CompletedPr
     )
 
 
-def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Call `check` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 @dataclass
@@ -162,13 +152,7 @@ class Restartable:
 
     def close(self) -> None:
         for proc in self.extra:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
 
 
 @pytest.fixture

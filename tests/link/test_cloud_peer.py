@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.common import poll
 from tether.protocol import auth
 from tether.protocol.frames import (
     ChartsSummary,
@@ -58,15 +59,6 @@ def new_key() -> tuple[bytes, bytes]:
     return private, public
 
 
-def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 @dataclass
