@@ -16,7 +16,7 @@ import httpx
 
 from tests.cloud.helpers import new_member
 from tests.fixtures.cloud import Cloud
-from tests.link.test_cloud_peer import FAST, Peer, link_up
+from tests.fixtures.peer import FAST, Peer, link_up
 
 
 def aclient(cloud: Cloud, token: str | None = None) -> httpx.AsyncClient:

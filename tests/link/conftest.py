@@ -59,8 +59,6 @@ def run_claim(prefix: Path, cloud: Cloud, *extra: str) -> subprocess.CompletedPr
     )
 
 
-
-
 @dataclass
 class Linked:
     cloud: Cloud

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.fixtures.common import clean_env, command
-from tests.link.test_cloud_peer import poll
+from tests.fixtures.common import clean_env, command, poll
 
 KEEPALIVE = 1.0
 

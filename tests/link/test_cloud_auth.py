@@ -12,7 +12,8 @@ from collections.abc import Callable
 import httpx
 
 from tests.fixtures.cloud import Cloud
-from tests.link.test_cloud_peer import FAST, Peer, link_up, new_key, poll
+from tests.fixtures.common import poll
+from tests.fixtures.peer import FAST, Peer, link_up, new_key
 from tether.protocol import auth
 
 

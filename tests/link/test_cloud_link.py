@@ -12,7 +12,8 @@ from collections.abc import Callable
 import msgspec
 
 from tests.fixtures.cloud import Cloud
-from tests.link.test_cloud_peer import FAST, KEEPALIVE, Link, Peer, link_up, new_key, poll
+from tests.fixtures.common import poll
+from tests.fixtures.peer import FAST, KEEPALIVE, Link, Peer, link_up, new_key
 from tether.protocol.frames import Disconnect, Goodbye, Hello, NodeUpdate, encode
 
 
@@ -83,7 +84,7 @@ def test_bad_frames_close_the_link_with_a_reason_and_the_cloud_keeps_serving(
         v: int = 1
 
     async def first_frame(data: bytes | str) -> tuple[int | None, str | None]:
-        from tests.link.test_cloud_peer import open_ws
+        from tests.fixtures.peer import open_ws
 
         reply = await asyncio.to_thread(peer.authenticate)
         ws = await open_ws(cloud, reply.link_token, reply.link_url)

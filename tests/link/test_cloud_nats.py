@@ -16,7 +16,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.fixtures.cloud import PG_ENV, Cloud, _create_pg_database
-from tests.link.test_cloud_peer import KEEPALIVE, Peer, link_up, poll
+from tests.fixtures.common import poll
+from tests.fixtures.peer import KEEPALIVE, Peer, link_up
 
 NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import httpx
 
 from tests.fixtures.cloud import Cloud
-from tests.link.test_cloud_peer import FAST, Link, Peer, link_up, poll
+from tests.fixtures.common import poll
+from tests.fixtures.peer import FAST, Link, Peer, link_up
 from tether.protocol.frames import ErrorFrame, QueryRequest, decode, make_response
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import httpx
 
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.peer import Link, Peer, open_ws
 from tests.link.test_cloud_nats import NATS_URL, pg_url  # noqa: F401 - the fixture
-from tests.link.test_cloud_peer import Link, Peer, open_ws
 from tether.protocol import auth
 from tether.protocol.frames import HelloAck, decode, encode
 

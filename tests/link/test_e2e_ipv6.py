@@ -38,8 +38,9 @@ def test_claim_link_and_relay_over_ipv6(start_cloud, start_agent: AgentLauncher)
     assert linked.node()["last_address"] == "::1"
     # A fresh agent shows system.cpu after its second sample.
     r = poll(
-        lambda: (r := linked.relay("data", chart="system.cpu", after=-5, points=5)).is_success
-        and r,
+        lambda: (
+            (r := linked.relay("data", chart="system.cpu", after=-5, points=5)).is_success and r
+        ),
         10,
         "system.cpu through the relay",
         every=0.2,

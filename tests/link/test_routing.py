@@ -259,8 +259,9 @@ def test_nats_presence_reaches_every_process() -> None:
                 r.subscribe_presence(on)
             for state in ("live", "offline", "live"):
                 await b.publish_presence(
-                    PresenceEvent(node_id="n", state=state, session_id="s", at=time.time(),
-                                  cause="test")
+                    PresenceEvent(
+                        node_id="n", state=state, session_id="s", at=time.time(), cause="test"
+                    )
                 )
             await asyncio.sleep(0.2)
             expected = [("live", "test"), ("offline", "test"), ("live", "test")]

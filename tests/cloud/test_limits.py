@@ -1,0 +1,70 @@
+"""The one rate limiter, with an injected clock: no sleeps."""
+
+from __future__ import annotations
+
+from tether.cloud.limits import LogLimiter, TokenBucket, Window, address_key
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_window_counts_attempts_when_they_start_and_frees_after_the_window() -> None:
+    clock = FakeClock()
+    w = Window(3, 60, clock)
+    assert [w.hit("a") for _ in range(3)] == [0, 0, 0]
+    assert w.hit("a") == 60  # the fourth is refused before it runs
+    assert w.hit("b") == 0  # other keys are not affected
+    clock.now += 30
+    assert w.retry_after("a") == 30
+    clock.now += 30
+    assert w.hit("a") == 0
+
+
+def test_window_add_counts_failures_and_forget_clears() -> None:
+    clock = FakeClock()
+    w = Window(2, 10, clock)
+    w.add("k")
+    w.add("k")
+    assert w.retry_after("k") == 10
+    w.forget("k")
+    assert w.retry_after("k") == 0
+
+
+def test_window_bounds_its_keys() -> None:
+    clock = FakeClock()
+    w = Window(1, 60, clock, max_keys=100)
+    for i in range(1000):
+        w.hit(str(i))
+    assert len(w._events) <= 100
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    clock = FakeClock()
+    b = TokenBucket(rate=2, burst=4, clock=clock)
+    assert all(b.take() for _ in range(4))
+    assert not b.take()
+    clock.now += 1
+    assert b.take() and b.take() and not b.take()
+
+
+def test_ipv6_is_limited_per_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2")
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert address_key("192.0.2.7") == "192.0.2.7"
+
+
+def test_log_limiter_reports_what_it_suppressed() -> None:
+    clock = FakeClock()
+    log = LogLimiter(2, 10, clock)
+    assert log.allow("n") == (True, 0)
+    assert log.allow("n") == (True, 0)
+    assert log.allow("n") == (False, 0)
+    assert log.allow("n") == (False, 0)
+    clock.now += 10
+    assert log.allow("n") == (True, 2)
