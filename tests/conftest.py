@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.cloud",
     "tests.fixtures.agent",
     "tests.fixtures.proxies",
+    "tests.fixtures.postgres",
 ]

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.invitations import join
 
 
 def _pem(key: Any) -> str:
@@ -62,16 +63,14 @@ def nodes(cloud: Cloud, token: str | None = None) -> list[dict[str, Any]]:
 
 
 def new_member(cloud: Cloud, role: str = "member") -> str:
-    """Create a user, add them to the Cloud's Space with `role`; return their API token."""
+    """Create a user, invite them to the Cloud's Space with `role` and accept
+    as them (`role=""`: no Space); return their API token."""
     import json
 
     email = f"u{uuid.uuid4().hex[:8]}@example.org"
     r = cloud.cli("admin", "create-user", "--email", email, "--api-token", "--json")
     assert r.returncode == 0, r.stderr
-    token = json.loads(r.stdout)["api_token"]
+    token = str(json.loads(r.stdout)["api_token"])
     if role:
-        r2 = cloud.api(
-            "POST", f"/api/v1/spaces/{cloud.space_id}/members", json={"email": email, "role": role}
-        )
-        assert r2.status_code == 201, r2.text
-    return str(token)
+        join(cloud, email, token, role)
+    return token

@@ -70,9 +70,11 @@ def test_removed_member_and_removed_node_lose_access_at_once(
             # The very next request, well within the cache lifetime, is refused.
             r = await c.get(f"/api/v2/nodes/{node_id}/info")
             assert r.status_code == 404 and r.json()["errorMsgKey"] == "ErrNotFound", r.text
-            # Added back: access returns at once too (a refusal is not cached).
+            # Invited back and accepted: access returns at once too (a refusal is not cached).
             r = await admin.post(members, json={"email": me["email"], "role": "member"})
             assert r.status_code == 201, r.text
+            r = await c.post(f"/api/v1/invitations/{r.json()['id']}/accept")
+            assert r.status_code == 200, r.text
             assert await relay_status(c, node_id) == 200
 
             # A removed node is 404 at once for everyone, not a stale 200 or 503.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tether.cloud.limits import LogLimiter, TokenBucket, Window, address_key
+from tether.cloud.limits import Budget, LogLimiter, TokenBucket, Window, address_key
 
 
 class FakeClock:
@@ -68,3 +68,25 @@ def test_log_limiter_reports_what_it_suppressed() -> None:
     assert log.allow("n") == (False, 0)
     clock.now += 10
     assert log.allow("n") == (True, 2)
+
+
+def test_window_undo_takes_back_one_event_only() -> None:
+    clock = FakeClock()
+    w = Window(3, 60, clock)
+    assert [w.hit("a") for _ in range(3)] == [0, 0, 0]
+    w.undo("a")  # one attempt did not count: one more may start
+    assert w.count("a") == 2
+    assert w.hit("a") == 0 and w.hit("a") == 60
+    w.undo("none")  # nothing counted: nothing happens
+    assert w.count("none") == 0
+
+
+def test_budget_holds_at_most_its_total_until_given_back() -> None:
+    b = Budget(10)
+    assert b.take(6) and b.take(4)
+    assert not b.take(1)  # full: nothing more is held
+    assert b.held == 10
+    b.give(4)
+    assert not b.take(5) and b.take(4)
+    b.give(10)
+    assert b.held == 0 and b.take(10)

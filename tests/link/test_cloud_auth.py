@@ -84,12 +84,16 @@ def test_challenge_is_bound_to_its_node(start_cloud: Callable[..., Cloud]) -> No
     cloud = start_cloud(*FAST)
     a, b = Peer(cloud).claim(), Peer(cloud).claim()
     with cloud.client() as http:
-        answer_a = a.answer_of(a.challenge(http))
-        b.challenge(http)
-        stolen = b.password(http, answer_a)
+        ra = a.challenge(http)
+        answer_a, id_a = a.answer_of(ra), ra.json()["challengeId"]
+        rb = b.challenge(http)
+        # A's id is not a challenge of B's: unknown, so 401 (not B's wrong key).
+        assert b.password(http, answer_a, id_a).json()["errorMsgKey"] == "ErrChallengeExpired"
+        # B's live challenge answered with A's plaintext: B's answer is wrong.
+        stolen = b.password(http, answer_a, rb.json()["challengeId"])
         assert stolen.status_code == 403
         assert stolen.json()["errorMsgKey"] == "ErrIncorrectResponse"
-        assert a.password(http, answer_a).status_code == 200
+        assert a.password(http, answer_a, id_a).status_code == 200
 
 
 def test_wrong_key_is_terminal_and_repeated_failures_are_rate_limited(
@@ -100,28 +104,31 @@ def test_wrong_key_is_terminal_and_repeated_failures_are_rate_limited(
     impostor = Peer(cloud, node_id=peer.node_id)
     impostor.private_pem, impostor.public_pem = new_key()  # not the registered key
     with cloud.client() as http:
-        r = peer.challenge(http)
-        assert r.status_code == 200
-        try:
-            wrong = impostor.answer_of(r)  # OAEP refuses to decrypt with the wrong key
-        except auth.AuthError:
-            wrong = b"\x00" * auth.CHALLENGE_BYTES
-        first = peer.password(http, wrong)
-        assert first.status_code == 403
-        body = first.json()
-        assert body["errorMsgKey"] == "ErrIncorrectResponse"
-        assert "tether-claim" in body["errorMessage"]  # names the fix
-        assert auth.classify_auth_error(403, body["errorMsgKey"]).terminal
-        for _ in range(2):
-            assert peer.password(http, wrong).status_code == 403
-        # Locked out now: asking for a challenge, or answering, waits (Retry-After).
-        for limited in (peer.challenge(http), peer.password(http, wrong)):
-            assert limited.status_code == 429, limited.text
-            assert limited.json()["errorMsgKey"] == "ErrRateLimited"
-            assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        for _ in range(3):
+            r = peer.challenge(http)
+            assert r.status_code == 200
+            try:
+                wrong = impostor.answer_of(r)  # OAEP refuses to decrypt with the wrong key
+            except auth.AuthError:
+                wrong = b"\x00" * auth.CHALLENGE_BYTES
+            refused = peer.password(http, wrong, r.json()["challengeId"])
+            assert refused.status_code == 403
+            body = refused.json()
+            assert body["errorMsgKey"] == "ErrIncorrectResponse"
+            assert "tether-claim" in body["errorMessage"]  # names the fix
+            assert auth.classify_auth_error(403, body["errorMsgKey"]).terminal
+        # Locked out now: this address gets no challenge for this node (Retry-After)...
+        limited = peer.challenge(http)
+        assert limited.status_code == 429, limited.text
+        assert limited.json()["errorMsgKey"] == "ErrRateLimited"
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        # ...but an answer is still judged: an unknown challenge is 401, not 403.
+        again = peer.password(http, wrong, r.json()["challengeId"])
+        assert again.status_code == 401 and again.json()["errorMsgKey"] == "ErrChallengeExpired"
         # Another node is not locked out by this one's failures.
         other = Peer(cloud).claim()
-        assert other.password(http, other.answer_of(other.challenge(http))).status_code == 200
+        r = other.challenge(http)
+        assert other.password(http, other.answer_of(r), r.json()["challengeId"]).status_code == 200
     log = cloud.log_file.read_text()
     assert f"node auth answer refused for node {peer.node_id} from 127.0.0.1" in log
     assert "rate limited" in log

@@ -1,6 +1,7 @@
 """Node auth when several Cloud processes share PostgreSQL and NATS: a
-challenge and a link token each work exactly once across the processes, and
-removing a node on one process closes its link on the other at once."""
+challenge and a link token each work exactly once across the processes, the
+challenge caps hold across them, and removing a node on one process closes its
+link on the other at once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from collections.abc import Callable
 import httpx
 
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.common import poll
 from tests.fixtures.peer import Link, Peer, open_ws
+from tests.fixtures.stranger import Stranger
 from tests.link.test_cloud_nats import NATS_URL, pg_url  # noqa: F401 - the fixture
 from tether.protocol import auth
 from tether.protocol.frames import HelloAck, decode, encode
@@ -83,3 +86,42 @@ def test_challenge_and_link_token_work_once_across_processes(
         assert took < 1.0, f"closed {took:.2f} s after removal"
 
     asyncio.run(links())
+
+
+def test_challenge_caps_and_answers_hold_across_processes(
+    start_cloud: Callable[..., Cloud],
+    pg_url: str,  # noqa: F811
+) -> None:
+    """A flood from another address, split over both processes, holds 2 of the
+    node's challenges in all (the node's row lock), evicts nothing, and the
+    node authenticates through either process; 403 only for a live challenge
+    answered wrong, 401 for one the Cloud does not hold."""
+    a, b = pair(start_cloud, pg_url)
+    peer = Peer(a).claim()
+    with a.client() as http:
+        mine = peer.challenge(http)  # the node's own, issued before the flood
+    floods = [Stranger(c, peer.node_id, "challenges", concurrency=8, deadline=30) for c in (a, b)]
+    for f in floods:
+        f.start()
+    try:
+        poll(lambda: all(f.sent() >= 100 for f in floods), 20, "the flood on both processes")
+        with b.client() as http:
+            # The node's challenge from A survived the flood and is answered on B.
+            r = peer.password(http, peer.answer_of(mine), mine.json()["challengeId"])
+            assert r.status_code == 200, r.text
+            fresh = peer.challenge(http)  # and the node still gets new ones
+            assert fresh.status_code == 200, fresh.text
+    finally:
+        for f in floods:
+            f.stop()
+    assert sum(f.count("challenge", 200) for f in floods) == 2, [f.counts for f in floods]
+    assert all(f.count("challenge", 429, "ErrRateLimited") > 0 for f in floods)
+    with a.client() as http:
+        fid = fresh.json()["challengeId"]
+        wrong = peer.password(http, b"\x00" * auth.CHALLENGE_BYTES, fid)
+        assert wrong.status_code == 403 and wrong.json()["errorMsgKey"] == "ErrIncorrectResponse"
+    with b.client() as http:
+        gone = peer.password(http, peer.answer_of(fresh), fid)  # used up by the wrong answer
+        assert gone.status_code == 401 and gone.json()["errorMsgKey"] == "ErrChallengeExpired"
+        unknown = peer.password(http, peer.answer_of(fresh), str(uuid.uuid4()))
+        assert unknown.status_code == 401, unknown.text

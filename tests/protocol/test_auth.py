@@ -68,10 +68,20 @@ def test_wire_shapes_use_the_documented_json_keys() -> None:
         type=auth.PasswordReply,
     )
     assert reply.link_token == "t" and reply.backoff.max_seconds == 300
-    assert msgspec.json.encode(auth.ChallengeReply(challenge="YQ==")) == (
-        b'{"challenge":"YQ==","expiresIn":60}'
+    assert msgspec.json.encode(auth.ChallengeReply(challenge="YQ==", challenge_id="c1")) == (
+        b'{"challenge":"YQ==","expiresIn":60,"challengeId":"c1"}'
     )
+    # An older Cloud sends no challengeId; an older agent answers without one.
+    old_cloud = msgspec.json.decode(b'{"challenge":"YQ==","expiresIn":9}', type=auth.ChallengeReply)
+    assert old_cloud.challenge_id == ""
     assert msgspec.json.encode(auth.PasswordRequest(response="YQ==")) == b'{"response":"YQ=="}'
+    assert msgspec.json.encode(auth.PasswordRequest(response="YQ==", challenge_id="c1")) == (
+        b'{"response":"YQ==","challengeId":"c1"}'
+    )
+    with pytest.raises(msgspec.ValidationError, match="length"):
+        msgspec.json.decode(
+            b'{"response":"YQ==","challengeId":"' + b"x" * 65 + b'"}', type=auth.PasswordRequest
+        )
     err = msgspec.json.decode(b'{"errorMsgKey":"ErrNodeNotFound"}', type=auth.ErrorReply)
     assert err.error_msg_key == "ErrNodeNotFound"
     assert auth.challenge_path("abc") == "/api/v1/auth/node/abc/challenge"
@@ -116,27 +126,3 @@ def test_error_classification(status: int, key: str | None, terminal: bool) -> N
     assert kind.fix
     if terminal:
         assert "tether-claim" in kind.fix and "uuidgen" in kind.fix
-
-
-def test_failure_limiter_locks_out_after_repeated_failures() -> None:
-    lim = auth.FailureLimiter(max_failures=3, window_seconds=60, lockout_seconds=30)
-    for t in (0.0, 1.0):
-        lim.record_failure("node", t)
-        assert lim.retry_after("node", t) is None
-    lim.record_failure("node", 2.0)
-    assert lim.retry_after("node", 2.0) == 30
-    assert lim.retry_after("node", 20.0) == 12
-    assert lim.retry_after("other", 20.0) is None  # per node
-    assert lim.retry_after("node", 32.0) is None  # lockout over
-
-
-def test_failure_limiter_window_and_success_reset() -> None:
-    lim = auth.FailureLimiter(max_failures=3, window_seconds=10, lockout_seconds=30)
-    lim.record_failure("n", 0.0)
-    lim.record_failure("n", 1.0)
-    lim.record_failure("n", 20.0)  # the first two fell out of the window
-    assert lim.retry_after("n", 20.0) is None
-    lim.record_failure("n", 21.0)
-    lim.record_success("n")
-    lim.record_failure("n", 22.0)
-    assert lim.retry_after("n", 22.0) is None

@@ -3,6 +3,7 @@ Playwright) and helpers to sign in, take screenshots and make members."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.invitations import join
 from tether.paths import AgentPaths
 
 CHROMIUM = "/usr/bin/chromium"
@@ -95,16 +97,15 @@ def sign_in(tab: Tab, cloud: Cloud, email: str | None = None, password: str | No
 
 
 def make_member(cloud: Cloud, role: str = "member") -> tuple[str, str]:
-    """A new user (through the CLI, as an operator would) added to the quickstart
-    Space through the API with `role`; returns (email, password)."""
+    """A new user (through the CLI, as an operator would) invited to the
+    quickstart Space through the API with `role`, who accepted; returns
+    (email, password)."""
     email = f"user-{secrets.token_hex(4)}@example.com"
     password = secrets.token_urlsafe(12)
     made = cloud.cli("admin", "create-user", "--email", email, "--password-stdin",
-                     input=password + "\n")
+                     "--api-token", "--json", input=password + "\n")
     assert made.returncode == 0, made.stderr
-    r = cloud.api("POST", f"/api/v1/spaces/{cloud.space_id}/members",
-                  json={"email": email, "role": role})
-    assert r.status_code in (200, 201), r.text
+    join(cloud, email, json.loads(made.stdout)["api_token"], role)
     return email, password
 
 

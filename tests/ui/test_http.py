@@ -184,9 +184,14 @@ def test_roles_change_with_clear_errors(cloud: Cloud) -> None:
     r = c.post(f"/spaces/{cloud.space_id}/members/{by_email[cloud.admin_email]}/role",
                data={"csrf_token": csrf, "role": "member"})
     assert r.status_code == 400 and "at least one admin" in r.text
+    # Inviting someone already in the Space says so; inviting anyone else makes an
+    # invitation, whether or not an account has that email.
+    r = c.post(f"/spaces/{cloud.space_id}/members",
+               data={"csrf_token": csrf, "email": email, "role": "member"})
+    assert r.status_code == 409 and "already a member" in r.text
     r = c.post(f"/spaces/{cloud.space_id}/members",
                data={"csrf_token": csrf, "email": "nobody@example.com", "role": "member"})
-    assert r.status_code == 404 and "tether-cloud admin create-user" in r.text
+    assert r.status_code == 303 and r.headers["location"].endswith("done=member-invited")
 
 
 def test_user_without_a_space_can_create_one(cloud: Cloud) -> None:
@@ -206,6 +211,68 @@ def test_user_without_a_space_can_create_one(cloud: Cloud) -> None:
     connect = c.get(f"/spaces/{space_id}/connect?env=kubernetes")
     assert connect.status_code == 200 and "tct_" in connect.text
     assert cloud.claim_token not in connect.text
+
+
+def test_invitations_are_answered_on_the_home_page(cloud: Cloud) -> None:
+    """Inviting in Manage Space makes no member; the invitee accepts or
+    declines on their home page (CSRF-checked forms), the admin can withdraw."""
+    email, password = f"inv-{uuid.uuid4().hex[:6]}@example.com", "a-long-password"
+    made = cloud.cli("admin", "create-user", "--email", email, "--password-stdin",
+                     input=password + "\n")
+    assert made.returncode == 0, made.stderr
+    a = admin(cloud)
+    manage_url = f"/spaces/{cloud.space_id}/manage"
+    csrf = csrf_of(a.get(manage_url).text)
+    r = a.post(f"/spaces/{cloud.space_id}/members",
+               data={"csrf_token": csrf, "email": email, "role": "manager"})
+    assert r.status_code == 303 and r.headers["location"].endswith("done=member-invited")
+    manage = a.get(manage_url)
+    assert f'data-email="{email}" data-invitation-id=' in manage.text
+    assert email not in cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").text
+
+    c = session_client(cloud, email, password)
+    assert c.get(f"/spaces/{cloud.space_id}").status_code == 404  # not a member yet
+    home = c.get("/")
+    assert home.status_code == 303 and home.headers["location"] == "/invitations"
+    page = c.get("/invitations")
+    assert "My Space" in page.text and cloud.admin_email in page.text
+    iid = re.search(r'data-invitation-id="([^"]+)"', page.text)
+    assert iid, page.text
+    # A form without the session's CSRF token does nothing.
+    r = c.post(f"/invitations/{iid.group(1)}/accept", data={"csrf_token": "forged"})
+    assert r.status_code == 403
+    assert c.get(f"/spaces/{cloud.space_id}").status_code == 404
+    r = c.post(f"/invitations/{iid.group(1)}/accept", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 303 and r.headers["location"] == f"/spaces/{cloud.space_id}"
+    assert c.get(f"/spaces/{cloud.space_id}").status_code == 303  # on to its first room
+    roles = {m["email"]: m["role"]
+             for m in cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").json()}
+    assert roles[email] == "manager"
+    # Accepting twice says it was answered already.
+    r = c.post(f"/invitations/{iid.group(1)}/accept", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 409 and "already accepted" in r.text
+
+    # Declined, and withdrawn, invitations to another Space make no member either.
+    other = cloud.api("POST", "/api/v1/spaces", json={"name": "Other"}).json()["id"]
+    for _ in range(2):
+        r = cloud.api("POST", f"/api/v1/spaces/{other}/members", json={"email": email})
+        assert r.status_code == 201, r.text
+    page = c.get("/invitations")
+    iid = re.search(r'data-invitation-id="([^"]+)"', page.text)
+    assert iid and page.text.count("data-invitation-id=") == 1  # the newer replaced the older
+    r = c.post(f"/invitations/{iid.group(1)}/decline", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 303 and r.headers["location"] == "/invitations?done=declined"
+    assert c.get(f"/spaces/{other}").status_code == 404
+    r = cloud.api("POST", f"/api/v1/spaces/{other}/members", json={"email": email})
+    inv_id = r.json()["id"]
+    manage = a.get(f"/spaces/{other}/manage")
+    r = a.post(f"/spaces/{other}/invitations/{inv_id}/revoke",
+               data={"csrf_token": csrf_of(manage.text)})
+    assert r.status_code == 303 and r.headers["location"].endswith("done=invitation-revoked")
+    r = c.post(f"/invitations/{inv_id}/accept", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 410 and "withdrew" in r.text
+    assert c.get(f"/spaces/{other}").status_code == 404
+    assert c.get("/").headers["location"] == f"/spaces/{cloud.space_id}"
 
 
 def test_connect_nodes_with_a_proxy(cloud: Cloud) -> None:

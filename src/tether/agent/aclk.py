@@ -66,7 +66,9 @@ from tether.protocol.frames import (
 from tether.protocol.link import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    CLOSE_OVER_BUDGET,
     CLOSE_REPLACED,
+    OVER_BUDGET_RECONNECT_SECONDS,
     CloseLink,
     FrameReceived,
     LinkConnection,
@@ -435,7 +437,12 @@ class AclkClient:
                     terminal=True,
                     fix=kind.fix,
                 ) from None
-            raise LinkFault(f"the Cloud refused the link (HTTP {status})") from None
+            retry_after: float | None = None  # 429 (closed over budget) or 503: a floor
+            with contextlib.suppress(ValueError):
+                retry_after = float(exc.response.headers.get("Retry-After", ""))
+            raise LinkFault(
+                f"the Cloud refused the link (HTTP {status})", retry_after=retry_after
+            ) from None
         except (OSError, TimeoutError, ProxyError, httpx.HTTPError) as exc:
             raise LinkFault(_describe(exc, reply.link_url, proxy)) from None
         except Exception as exc:
@@ -474,7 +481,12 @@ class AclkClient:
                 self._raise_for_auth(r)
                 challenge = msgspec.json.decode(r.content, type=auth.ChallengeReply)
                 answer = auth.decrypt_challenge(private_pem, auth.b64decode(challenge.challenge))
-                body = msgspec.json.encode(auth.PasswordRequest(response=auth.b64encode(answer)))
+                # Naming the challenge lets the Cloud answer a lost one with 401
+                # (ask again) instead of 403 (wrong key, which stops the agent).
+                request = auth.PasswordRequest(
+                    response=auth.b64encode(answer), challenge_id=challenge.challenge_id or None
+                )
+                body = msgspec.json.encode(request)
                 r = await http.post(
                     base + auth.password_path(claimed_id),
                     content=body,
@@ -621,6 +633,9 @@ class AclkClient:
         if code == CLOSE_REPLACED:
             # Another host presents this node's identity: usually a cloned VM or image.
             return LinkFault(text, fix=CLONE_FIX)
+        if code == CLOSE_OVER_BUDGET:
+            # The Disconnect before it says how long to stay away; this is the floor.
+            return LinkFault(text, retry_after=OVER_BUDGET_RECONNECT_SECONDS)
         return LinkFault(text)
 
 

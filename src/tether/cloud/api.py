@@ -4,7 +4,6 @@ tokens and nodes. Documented in docs/cloud-api.md and at /api/openapi.json."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.cloud.auth import Principal, require_user
-from tether.cloud.body import read_limited
+from tether.cloud.body import int_field, read_json
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError, bad_request, forbidden, not_found
-from tether.cloud.models import ClaimAudit, Room, Space, User, utcnow
+from tether.cloud.models import ClaimAudit, Room, Space, SpaceInvitation, User, utcnow
 from tether.cloud.secrets import SecretBox, iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import nodes as node_store
@@ -29,6 +28,8 @@ from tether.cloud.store import spaces as space_store
 from tether.cloud.store import users as user_store
 
 log = logging.getLogger("tether.cloud.api")
+
+MAX_TOKEN_LIFETIME = 10 * 365 * 86400  # a claiming token's "expires_in": at most 10 years
 
 
 @dataclass
@@ -85,12 +86,8 @@ def endpoint(fn: Handler) -> Callable[[Request], Any]:
         user = await require_user(request)
         body: dict[str, Any] = {}
         if request.method in ("POST", "PUT", "PATCH"):
-            raw = await read_limited(request)
-            if raw.strip():
-                try:
-                    parsed = json.loads(raw)
-                except ValueError as exc:
-                    raise bad_request(f"The body is not valid JSON ({exc}).") from None
+            parsed = await read_json(request, optional=True)
+            if parsed is not None:
                 if not isinstance(parsed, dict):
                     raise bad_request("The body must be a JSON object.")
                 body = parsed
@@ -250,19 +247,124 @@ def list_members(c: Ctx) -> Any:
 
 @endpoint
 def add_member(c: Ctx) -> Any:
-    """Add an existing user by email with a role (admin; JSON {"email", "role"})."""
+    """Invite someone by email with a role (admin; JSON {"email", "role"}).
+
+    They become a member only when they accept, signed in as that email
+    (`POST /api/v1/invitations/{invitation_id}/accept`); the answer is the same
+    whether or not an account has the email yet. The token is shown only here."""
     space = c.space("admin")
-    email = c.str_field("email")
-    role = c.body.get("role", "member")
-    user = user_store.by_email(c.s, email)
-    if user is None:
+    email, role = c.str_field("email"), str(c.body.get("role", "member"))
+    try:
+        token, inv = space_store.invite(c.s, space.id, email, role, c.user.user_id, utcnow())
+    except space_store.AlreadyMember as exc:
+        raise ApiError(
+            409,
+            "ErrAlreadyMember",
+            f"{exc}; change their role with PATCH {c.request.url.path}/{{user_id}}.",
+        ) from None
+    log.info(
+        "invitation %s to space %s (role %s) made by %s", inv.prefix, space.id, role, c.user.email
+    )
+    return {**invitation_json(c.s, inv), "token": token}
+
+
+def invitation_json(s: Session, inv: SpaceInvitation) -> dict[str, Any]:
+    space = s.get(Space, inv.space_id)
+    inviter = s.get(User, inv.invited_by) if inv.invited_by else None
+    return {
+        "id": inv.id,
+        "space": {"id": inv.space_id, "name": space.name if space else ""},
+        "email": inv.email,
+        "role": inv.role,
+        "state": space_store.invitation_state(inv, utcnow()),
+        "invited_by": inviter.email if inviter else None,
+        "created_at": iso(inv.created_at),
+        "expires_at": iso(inv.expires_at),
+    }
+
+
+@endpoint
+def list_space_invitations(c: Ctx) -> Any:
+    """A Space's open invitations, newest first, expired ones too (admin)."""
+    space = c.space("admin")
+    return [invitation_json(c.s, i) for i in space_store.invitations_of_space(c.s, space.id)]
+
+
+@endpoint
+def revoke_invitation(c: Ctx) -> Any:
+    """Withdraw an open invitation (admin); accepting it then gets 410."""
+    space = c.space("admin")
+    if not space_store.revoke_invitation(c.s, space.id, c.param("invitation_id"), utcnow()):
+        raise not_found("Open invitation")
+    return Response(status_code=204)
+
+
+@endpoint
+def my_invitations(c: Ctx) -> Any:
+    """The invitations the signed-in user can accept now, oldest first."""
+    return [
+        invitation_json(c.s, i) for i in space_store.invitations_for(c.s, c.user.email, utcnow())
+    ]
+
+
+CLOSED = {
+    "expired": (410, "ErrInvitationExpired", "This invitation has expired"),
+    "revoked": (410, "ErrInvitationRevoked", "A Space admin withdrew or replaced this invitation"),
+    "accepted": (409, "ErrInvitationAnswered", "You already accepted this invitation"),
+    "declined": (409, "ErrInvitationAnswered", "You already declined this invitation"),
+}
+
+
+def invitation_closed(exc: space_store.InvitationClosed) -> ApiError:
+    status, key, what = CLOSED[exc.state]
+    return ApiError(
+        status, key, f"{what}; ask an admin of the Space to invite you again if you want to join."
+    )
+
+
+def _answer(c: Ctx, inv: SpaceInvitation | None, accepting: bool) -> Any:
+    """Accept or decline an invitation the caller's email was given."""
+    if inv is None:
         raise ApiError(
             404,
             "ErrNotFound",
-            f"No user with email {email}; create one with `tether-cloud admin create-user`.",
+            "No invitation by that id for your account; list yours with GET /api/v1/invitations "
+            "(an invitation counts only for the email it was sent to).",
         )
-    space_store.set_member(c.s, space.id, user, str(role))
-    return {"user_id": user.id, "email": user.email, "role": role}
+    try:
+        if not accepting:
+            space_store.decline(c.s, inv, utcnow())
+            return Response(status_code=204)
+        user = c.s.get(User, c.user.user_id)
+        assert user is not None
+        space_store.accept(c.s, inv, user, utcnow())
+    except space_store.InvitationClosed as exc:
+        raise invitation_closed(exc) from None
+    space = c.s.get(Space, inv.space_id)
+    assert space is not None
+    role = space_store.role_of(c.s, space.id, user.id) or inv.role
+    log.info("invitation %s to space %s accepted by %s", inv.prefix, space.id, user.email)
+    return JSONResponse(space_json(space, role))
+
+
+@endpoint
+def accept_invitation(c: Ctx) -> Any:
+    """Accept an invitation made for your email: you become a member of its Space."""
+    return _answer(c, space_store.invitation_for(c.s, c.param("invitation_id"), c.user.email), True)
+
+
+@endpoint
+def accept_invitation_token(c: Ctx) -> Any:
+    """Accept an invitation by its token (JSON {"token"}); it must be for your email."""
+    token = c.str_field("token")
+    return _answer(c, space_store.invitation_by_token(c.s, token, c.user.email), True)
+
+
+@endpoint
+def decline_invitation(c: Ctx) -> Any:
+    """Decline an invitation made for your email."""
+    inv = space_store.invitation_for(c.s, c.param("invitation_id"), c.user.email)
+    return _answer(c, inv, False)
 
 
 @endpoint
@@ -388,12 +490,8 @@ def rotate_claim_token(c: Ctx) -> Any:
     """Rotate the claiming token (admin). The old one stops working at once;
     claimed nodes are not affected. Optional JSON {"expires_in": seconds}."""
     space = c.space("admin")
-    expires_in = c.body.get("expires_in")
-    expires_at = None
-    if expires_in is not None:
-        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
-            raise bad_request('"expires_in" must be a positive number of seconds.')
-        expires_at = utcnow() + dt.timedelta(seconds=expires_in)
+    expires_in = int_field(c.body, "expires_in", 1, MAX_TOKEN_LIFETIME, " seconds")
+    expires_at = None if expires_in is None else utcnow() + dt.timedelta(seconds=expires_in)
     token, row = claim_tokens.rotate(
         c.s, c.request.app.state.secret_box, space.id, c.user.user_id, expires_at
     )
@@ -483,6 +581,12 @@ def routes() -> list[Route]:
         Route(f"{sp}/members", add_member, methods=["POST"]),
         Route(sp + "/members/{user_id}", change_member, methods=["PATCH"]),
         Route(sp + "/members/{user_id}", remove_member, methods=["DELETE"]),
+        Route(f"{sp}/invitations", list_space_invitations, methods=["GET"]),
+        Route(sp + "/invitations/{invitation_id}", revoke_invitation, methods=["DELETE"]),
+        Route("/api/v1/invitations", my_invitations, methods=["GET"]),
+        Route("/api/v1/invitations/accept", accept_invitation_token, methods=["POST"]),
+        Route("/api/v1/invitations/{invitation_id}/accept", accept_invitation, methods=["POST"]),
+        Route("/api/v1/invitations/{invitation_id}/decline", decline_invitation, methods=["POST"]),
         Route(f"{sp}/rooms", list_rooms, methods=["GET"]),
         Route(f"{sp}/rooms", create_room, methods=["POST"]),
         Route(sp + "/rooms/{room_id}", rename_room, methods=["PATCH"]),

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 import tether
-from tether.cloud import api, auth, claim, link, node_auth, openapi, relay, web
+from tether.cloud import api, auth, claim, limits, link, node_auth, openapi, outage, relay, web
 from tether.cloud.db import Database, migrate
-from tether.cloud.errors import ApiError, api_error_handler
+from tether.cloud.errors import (
+    ApiError,
+    api_error_handler,
+    client_gone_handler,
+    internal_error_handler,
+)
+from tether.cloud.headers import SecurityHeaders
 from tether.cloud.routing import make_router
 from tether.cloud.secrets import SecretBox
 from tether.cloud.settings import CloudSettings
@@ -78,16 +86,29 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={ApiError: api_error_handler},
+        exception_handlers={
+            ApiError: api_error_handler,
+            ClientDisconnect: client_gone_handler,  # no traceback for a client gone mid-body
+            **outage.handlers(),  # 503 ErrDatabaseUnavailable while the database is down
+            Exception: internal_error_handler,  # JSON 500 with Connection: close
+        },
+        # CSP, nosniff, no-store on /api/; frame denial on pages; HSTS on HTTPS.
+        middleware=[Middleware(SecurityHeaders)],
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.db = db
     app.state.secret_box = SecretBox(settings.secret_key_file)
-    app.state.claim_limiter = claim.FailureLimiter(settings.claim_failures_per_minute)
+    # Failed claims per address (IPv6 per /64) per minute.
+    app.state.claim_limiter = limits.Window(
+        settings.claim_failures_per_minute, 60.0, time.monotonic
+    )
     app.state.on_shutdown = on_shutdown
     app.state.router = router
     app.state.links = links
-    app.state.auth_limiter = node_auth.AuthLimiter(settings.auth_failures_per_minute)
+    app.state.auth_limiter = node_auth.AuthLimits(
+        settings.auth_failures_per_minute, settings.auth_requests_per_address_per_minute
+    )
     app.state.version = getattr(tether, "__version__", "0")
+    outage.install(app, db.engine)
     return app

@@ -2,7 +2,8 @@
 
 Other modules use `current_user(request)`, `require_user(request)` and
 `csrf_token_for(request)`; the UI checks form posts with `check_csrf`; the
-relay uses `require_user_with` and `auth_cache`.
+relay uses `require_user_with` and `auth_cache`. `sign_in` is the one sign-in,
+for the API login and the web UI's form, with its limits (`LoginLimits`).
 
 Every API call and every relayed query is authenticated, so who a credential
 belongs to is cached in memory for `CACHE_TTL_SECONDS` (keyed by the SHA-256
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import threading
 import time
 import weakref
@@ -33,12 +33,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.cloud.body import read_limited
-from tether.cloud.claim import FailureLimiter, client_address
+from tether.cloud.body import read_json
+from tether.cloud.claim import client_address
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError
+from tether.cloud.limits import Clock, Window, address_key
 from tether.cloud.models import ApiToken, LoginSession, Node, Space, SpaceMember, User, utcnow
-from tether.cloud.secrets import aware
+from tether.cloud.secrets import DUMMY_PASSWORD_HASH, aware, verify_password
 from tether.cloud.store import users as user_store
 
 SESSION_COOKIE = "tether_session"
@@ -350,15 +351,6 @@ async def csrf_token_for(request: Request) -> str | None:
     return principal.csrf if principal else None
 
 
-def _login(db: Database, email: str, password: str, days: int) -> tuple[str, str] | None:
-    with db.session(write_lock=True) as s:
-        user = user_store.authenticate(s, email, password)
-        if user is None:
-            return None
-        sid, row = user_store.create_session(s, user, days)
-        return sid, row.csrf
-
-
 def set_session_cookie(request: Request, response: Response, sid: str) -> None:
     settings = request.app.state.settings
     response.set_cookie(
@@ -372,17 +364,105 @@ def set_session_cookie(request: Request, response: Response, sid: str) -> None:
     )
 
 
-LOGIN_FAILURES_PER_MINUTE = 10
+# --- signing in ------------------------------------------------------------------
+
+# Sign-in attempts per minute. Each is counted when it starts, so attempts in
+# flight count too (60 concurrent guesses cannot all slip under the limit), and
+# taken back when it succeeds: the limits are on guesses, not on sign-ins.
+LOGIN_ATTEMPTS_PER_ADDRESS = 10  # per IPv4 address or IPv6 /64
+# Per account (email, whether it exists or not), from all addresses together:
+# above the per-address limit, so one address alone cannot lock a user out.
+LOGIN_ATTEMPTS_PER_ACCOUNT = 20
+LOGIN_WINDOW_SECONDS = 60.0
+_MAX_EMAIL = 320
 
 
-def login_limiter(request: Request) -> FailureLimiter:
-    """Failed sign-ins per source address per minute: one count for the API
-    and the web UI, so neither is a way around the other."""
-    state = request.app.state
-    if not hasattr(state, "login_limiter"):
-        state.login_limiter = FailureLimiter(LOGIN_FAILURES_PER_MINUTE)
-    limiter: FailureLimiter = state.login_limiter
-    return limiter
+class LoginLimits:
+    """The sign-in limits, one set for the API and the web UI so neither is a
+    way around the other."""
+
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        per_address: int = LOGIN_ATTEMPTS_PER_ADDRESS,
+        per_account: int = LOGIN_ATTEMPTS_PER_ACCOUNT,
+    ) -> None:
+        self.addresses = Window(per_address, LOGIN_WINDOW_SECONDS, clock)
+        self.accounts = Window(per_account, LOGIN_WINDOW_SECONDS, clock)
+
+    def begin(self, address: str, account: str) -> None:
+        """Count an attempt now, before the password is checked; raise 429 if
+        the address or the account is over its limit."""
+        wait = self.addresses.hit(address)
+        if wait:
+            raise _too_many("from your address", wait)
+        wait = self.accounts.hit(account)
+        if wait:
+            self.addresses.undo(address)  # not attempted: no password was checked
+            raise _too_many("for this account", wait)
+
+    def succeeded(self, address: str, account: str) -> None:
+        """Take back this attempt only. The address's other failures stay, so
+        signing in to one's own account does not buy guesses at others."""
+        self.addresses.undo(address)
+        self.accounts.undo(account)
+
+
+def _too_many(where: str, wait: int) -> ApiError:
+    return ApiError(
+        429,
+        "ErrRateLimited",
+        f"Too many sign-in attempts {where}; try again in {wait} s.",
+        {"Retry-After": str(wait)},
+    )
+
+
+def login_limits(app: Starlette) -> LoginLimits:
+    """The app's sign-in limits, made on first use."""
+    limits: LoginLimits | None = getattr(app.state, "login_limits", None)
+    if limits is None:
+        limits = app.state.login_limits = LoginLimits()
+    return limits
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    sid: str
+    csrf: str
+
+
+async def sign_in(
+    db: Database, limits: LoginLimits, email: str, password: str, address: str, days: int
+) -> SignedIn:
+    """The one sign-in, for the API and the web UI: limits first (the attempt
+    is counted before the slow password check), then the check, then a new
+    session. 401 `ErrUnauthorized` for a wrong password and an unknown account
+    alike; 429 `ErrRateLimited` with Retry-After over a limit."""
+    account = user_store.normalize_email(email)[:_MAX_EMAIL]
+    where = address_key(address)
+    limits.begin(where, account)
+    found = await run_in_threadpool(_check_and_start_session, db, account, password, days)
+    if found is None:
+        raise ApiError(401, "ErrUnauthorized", "Wrong email or password.")
+    limits.succeeded(where, account)
+    return found
+
+
+def _check_and_start_session(db: Database, email: str, password: str, days: int) -> SignedIn | None:
+    """Argon2 (slow on purpose) runs between two short transactions, never in
+    one: a write lock held meanwhile would stall every claim and node update."""
+    with db.session() as s:
+        user = user_store.by_email(s, email)
+        user_id, stored = (user.id, user.password_hash) if user else (None, DUMMY_PASSWORD_HASH)
+    # An unknown account is checked against a dummy hash: the same answer, as slow.
+    if not verify_password(stored, password) or user_id is None:
+        return None
+    with db.session(write_lock=True) as s:
+        row = s.get(User, user_id)
+        if row is None or row.password_hash != stored:  # changed while being checked
+            return None
+        sid, session_row = user_store.create_session(s, row, days)
+        return SignedIn(sid, session_row.csrf)
 
 
 async def login(request: Request) -> Response:
@@ -390,31 +470,23 @@ async def login(request: Request) -> Response:
 
     Sets the session cookie and returns {"csrf_token"} for the X-CSRF-Token header."""
     try:
-        body = json.loads(await read_limited(request))
+        body = await read_json(request)  # 400 for non-JSON or too deep, 413 too large
         email, password = body["email"], body["password"]
         if not isinstance(email, str) or not isinstance(password, str):
             raise TypeError
     except (ValueError, KeyError, TypeError):
         raise ApiError(400, "ErrBadRequest", 'Send JSON {"email": ..., "password": ...}.') from None
-    limiter, address = login_limiter(request), client_address(request)
-    wait = limiter.retry_after(address)
-    if wait:
-        raise ApiError(
-            429,
-            "ErrRateLimited",
-            f"Too many failed sign-ins from your address; try again in {wait} s.",
-            {"Retry-After": str(wait)},
-        )
-    settings = request.app.state.settings
-    found = await run_in_threadpool(
-        _login, request.app.state.db, email, password, settings.session_days
+    app = request.app
+    signed = await sign_in(
+        app.state.db,
+        login_limits(app),
+        email,
+        password,
+        client_address(request),
+        app.state.settings.session_days,
     )
-    if found is None:
-        limiter.failed(address)
-        raise ApiError(401, "ErrUnauthorized", "Wrong email or password.")
-    sid, csrf = found
-    response = JSONResponse({"csrf_token": csrf})
-    set_session_cookie(request, response, sid)
+    response = JSONResponse({"csrf_token": signed.csrf})
+    set_session_cookie(request, response, signed.sid)
     return response
 
 

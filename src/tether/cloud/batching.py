@@ -86,9 +86,9 @@ class GroupCommit(Generic[T, R]):
         items = [item for item, _ in batch]
         try:
             return list(await run_in_threadpool(self._run, items))
-        except Exception:
-            if len(items) == 1:
-                raise
+        except Exception as exc:
+            if len(items) == 1:  # its caller gets the error (raising here hung it)
+                return [exc]
         outcomes: list[R | BaseException] = []
         for item in items:
             try:

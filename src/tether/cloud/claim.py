@@ -3,17 +3,13 @@
 A node presents the Space's claiming token, its id, hostname, rooms and RSA
 public key; the Cloud answers 204 or a JSON error whose `errorMsgKey` the claim
 client maps to an exit code. Every attempt is audited; failures are rate
-limited per source address.
+limited per source address (IPv6 per /64).
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import json
 import logging
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -27,9 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tether.cloud import node_metadata
+from tether.cloud.body import BadJson, parse_json
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response
+from tether.cloud.limits import Window, address_key
 from tether.cloud.models import ClaimAudit, ClaimToken, Node, Room, utcnow
+from tether.cloud.outage import DATABASE_ERRORS
 from tether.cloud.secrets import CLAIM_KIND, aware, same_hash, token_prefix
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
@@ -37,7 +37,7 @@ from tether.cloud.store import spaces as space_store
 log = logging.getLogger("tether.cloud.claim")
 
 MAX_BODY = 64 * 1024
-MAX_HOSTNAME = 255
+MAX_HOSTNAME = node_metadata.MAX_HOSTNAME
 MIN_RSA_BITS = 2048
 MAX_ROOMS = 100
 
@@ -62,34 +62,6 @@ class ClaimError(Exception):
         self.status = self.STATUS[key]
 
 
-class FailureLimiter:
-    """Sliding one-minute window of failed claims per source address."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._fails: dict[str, collections.deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, address: str) -> int:
-        """Seconds to wait, or 0 when this address may try now."""
-        now = time.monotonic()
-        with self._lock:
-            q = self._fails.get(address)
-            if not q:
-                return 0
-            while q and now - q[0] >= 60:
-                q.popleft()
-            if len(q) < self.per_minute:
-                return 0
-            return max(1, int(60 - (now - q[0])) + 1)
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            if len(self._fails) > 100_000:  # bound memory under a spray of addresses
-                self._fails.clear()
-            self._fails.setdefault(address, collections.deque()).append(time.monotonic())
-
-
 @dataclass
 class ClaimRequest:
     node_id: str
@@ -104,9 +76,9 @@ class ClaimRequest:
 def parse_claim(path_id: str, raw: bytes) -> ClaimRequest:
     """Check the request's shape and every field that needs no database."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClaimError("ErrBadRequest", f"The request body is not valid JSON ({exc}).") from None
+        body = parse_json(raw)
+    except BadJson as exc:
+        raise ClaimError("ErrBadRequest", str(exc)) from None
     if not isinstance(body, dict):
         raise ClaimError("ErrBadRequest", "The request body must be a JSON object.")
 
@@ -133,16 +105,14 @@ def parse_claim(path_id: str, raw: bytes) -> ClaimRequest:
         )
 
     hostname = node.get("hostname")
-    if (
-        not isinstance(hostname, str)
-        or not hostname.strip()
-        or len(hostname) > MAX_HOSTNAME
-        or any(ord(c) < 32 or ord(c) == 127 for c in hostname)
-    ):
+    # The one rule for node metadata, also applied (by sanitizing) on the link.
+    why = node_metadata.problem(hostname, MAX_HOSTNAME)
+    if why is not None or not isinstance(hostname, str):
         raise ClaimError(
             "ErrInvalidNodeName",
-            f"The hostname must be 1 to {MAX_HOSTNAME} printable characters; "
-            "set a valid one with -hostname=NAME.",
+            f"The hostname {why}: it must be 1 to {MAX_HOSTNAME} printable characters, "
+            "without control characters, escapes or bidi overrides; set a valid one with "
+            "-hostname=NAME.",
         )
 
     rooms = body.get("rooms", [])
@@ -185,8 +155,12 @@ def parse_claim(path_id: str, raw: bytes) -> ClaimRequest:
     if not isinstance(token, str):
         token = ""
     guid = body.get("mGUID")
-    if guid is not None and (not isinstance(guid, str) or len(guid) > 64):
-        raise ClaimError("ErrBadRequest", '"mGUID" must be the machine GUID string.')
+    if guid is not None and node_metadata.problem(guid, node_metadata.MAX_ID, False):
+        raise ClaimError(
+            "ErrBadRequest",
+            f'"mGUID" must be the machine GUID string: {node_metadata.MAX_ID} printable '
+            "characters at most.",
+        )
 
     return ClaimRequest(
         node_id=node_id,
@@ -354,8 +328,8 @@ def client_address(request: Request) -> str:
 def _token_of(raw: bytes) -> str | None:
     """The token field, if any, so even a malformed claim is audited by prefix."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = parse_json(raw)
+    except BadJson:
         return None
     token = body.get("token") if isinstance(body, dict) else None
     return token.strip() if isinstance(token, str) else None
@@ -364,11 +338,11 @@ def _token_of(raw: bytes) -> str | None:
 async def claim_node(request: Request) -> Response:
     """Claim a node into the Space of the claiming token (204 on success)."""
     db: Database = request.app.state.db
-    limiter: FailureLimiter = request.app.state.claim_limiter
+    limiter: Window = request.app.state.claim_limiter  # failures per address (IPv6 per /64)
     address = client_address(request)
     path_id = str(request.path_params["node_id"])
 
-    wait = limiter.retry_after(address)
+    wait = limiter.retry_after(address_key(address))
     if wait:
         return error_response(
             429,
@@ -393,19 +367,23 @@ async def claim_node(request: Request) -> Response:
             )
     except ClaimError as exc:
         if exc.key != "ErrInternalServerError":
-            limiter.failed(address)
+            limiter.add(address_key(address))
         prefix = token_prefix(token, CLAIM_KIND) if token else None
         log.info(
             "claim of node %s from %s refused: %s (token prefix %s)",
-            path_id[:40],
+            node_metadata.for_log(path_id, 40),
             address,
             exc.key,
             prefix,
         )
         await run_in_threadpool(audit_failure, db, token, path_id, address, exc.key)
         return error_response(exc.status, exc.key, exc.message)
+    except DATABASE_ERRORS:
+        raise  # 503 ErrDatabaseUnavailable (tether.cloud.outage)
     except Exception:
-        log.exception("claim of node %s from %s failed", path_id[:40], address)
+        log.exception(
+            "claim of node %s from %s failed", node_metadata.for_log(path_id, 40), address
+        )
         return error_response(
             500,
             "ErrInternalServerError",

@@ -69,6 +69,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="failed claims allowed per source address per minute (default 10)",
     )
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    # Also after the subcommand (`serve -v`); SUPPRESS keeps a `-v` given before it.
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
     p.add_argument(
         "--keepalive",
         type=float,
@@ -93,6 +97,20 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="seconds a relayed query may take before the browser gets 504 (default 10)",
     )
     p.add_argument(
+        "--relay-inflate-budget-mib",
+        type=int,
+        default=64,
+        help="MiB of inflated (decompressed) relayed answers this process holds at once; "
+        "past it relays get 503 ErrRelayBusy (default 64)",
+    )
+    p.add_argument(
+        "--relay-max-answer-mib",
+        type=int,
+        default=16,
+        help="MiB one relayed answer may inflate to, at most the budget; past it 502 "
+        "ErrAnswerTooLarge (default 16)",
+    )
+    p.add_argument(
         "--challenge-ttl",
         type=float,
         default=50.0,
@@ -102,8 +120,54 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--auth-failures-per-minute",
         type=int,
         default=5,
-        help="failed node authentications per node per minute before 429 "
-        "(an address gets 4x; default 5)",
+        help="failed node authentications per node and address per minute before that "
+        "address gets 429 for that node (an address across nodes gets 4x; default 5)",
+    )
+    p.add_argument(
+        "--auth-requests-per-address-per-minute",
+        type=int,
+        default=6000,
+        help="node-auth requests (challenges and answers) per address (IPv6 per /64) "
+        "per minute before 429 (default 6000)",
+    )
+    p.add_argument(
+        "--history-days",
+        type=float,
+        default=30.0,
+        help="days of node events and claim audit kept (default 30)",
+    )
+    p.add_argument(
+        "--node-events-per-node",
+        type=int,
+        default=1000,
+        help="node events kept per node, newest first (default 1000)",
+    )
+    p.add_argument(
+        "--claim-audit-rows",
+        type=int,
+        default=100_000,
+        help="claim audit rows kept in all, newest first (default 100000)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to finish the TLS handshake, and then each request's "
+        "head (request line and headers), before the Cloud closes the connection (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a client has to send a request's body once its head is in, "
+        "else 408 and close (default 20)",
+    )
+    p.add_argument(
+        "--max-unfinished-connections",
+        type=int,
+        default=1000,
+        help="connections per process that may be in the middle of sending a request; "
+        "past it the oldest of them is closed (default 1000)",
     )
 
 
@@ -124,16 +188,58 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
         nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
         relay_timeout_seconds=_positive(getattr(a, "relay_timeout", 10.0), "--relay-timeout",
                                         0.1, 600),
+        relay_inflate_budget_bytes=_count(
+            getattr(a, "relay_inflate_budget_mib", 64), "--relay-inflate-budget-mib", 1, 65536
+        )
+        * 2**20,
+        relay_max_answer_bytes=_count(
+            getattr(a, "relay_max_answer_mib", 16),
+            "--relay-max-answer-mib",
+            1,
+            getattr(a, "relay_inflate_budget_mib", 64),
+        )
+        * 2**20,
         challenge_ttl_seconds=_positive(getattr(a, "challenge_ttl", 50.0), "--challenge-ttl",
                                         1, 59),
         auth_failures_per_minute=int(getattr(a, "auth_failures_per_minute", 5)),
+        auth_requests_per_address_per_minute=int(
+            getattr(a, "auth_requests_per_address_per_minute", 6000)
+        ),
+        history_days=_positive(
+            getattr(a, "history_days", 30.0), "--history-days", 0.001, 36500, "days"
+        ),
+        node_events_per_node=_count(
+            getattr(a, "node_events_per_node", 1000), "--node-events-per-node"
+        ),
+        claim_audit_rows=_count(getattr(a, "claim_audit_rows", 100_000), "--claim-audit-rows"),
+        header_timeout_seconds=_positive(
+            getattr(a, "header_timeout", 10.0), "--header-timeout", 0.5, 600
+        ),
+        body_timeout_seconds=_positive(
+            getattr(a, "body_timeout", 20.0), "--body-timeout", 0.5, 3600
+        ),
+        max_unfinished_connections=_at_least(
+            getattr(a, "max_unfinished_connections", 1000), "--max-unfinished-connections", 1
+        ),
     )
 
 
-def _positive(value: float, flag: str, low: float, high: float) -> float:
+def _at_least(value: int, flag: str, low: int) -> int:
+    if value < low:
+        raise CliError(f"{flag} must be at least {low} (got {value})")
+    return int(value)
+
+
+def _positive(value: float, flag: str, low: float, high: float, unit: str = "seconds") -> float:
     if not low <= value <= high:
-        raise CliError(f"{flag} must be between {low:g} and {high:g} seconds (got {value:g})")
+        raise CliError(f"{flag} must be between {low:g} and {high:g} {unit} (got {value:g})")
     return float(value)
+
+
+def _count(value: int, flag: str, low: int = 1, high: int = 100_000_000) -> int:
+    if not low <= value <= high:
+        raise CliError(f"{flag} must be between {low} and {high} (got {value})")
+    return int(value)
 
 
 def _open_db(settings: CloudSettings) -> Any:
@@ -242,7 +348,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     del cert, key
     db = _open_db(settings)
     try:
-        prep = prepare(db, SecretBox(settings.secret_key_file))
+        prep = prepare(db, SecretBox(settings.secret_key_file), settings.data_dir)
     finally:
         db.dispose()
     url = settings.url
@@ -254,12 +360,16 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
         "room_ids": prep.room_ids,
         "claim_token": prep.claim_token,
         "api_token": prep.api_token,
+        "api_token_file": str(prep.api_token_file),
         "admin_email": prep.admin_email,
         "admin_password": prep.admin_password,
         "database_url": _safe_url(settings.db_url),
         "data_dir": str(settings.data_dir),
     }
+    # With --json the secrets go only into the JSON on stdout (what scripts
+    # read); stderr is a log and gets the same text without them.
     human = sys.stderr if a.json else sys.stdout
+    secret_ok = not a.json
 
     def report(*_: Any) -> None:
         if a.json:
@@ -267,9 +377,9 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
             sys.stdout.flush()
         lines = [f"Tether Cloud is {'ready' if not a.no_serve else 'prepared'}: {url}"]
         if prep.admin_password:
+            shown = prep.admin_password if secret_ok else "in the JSON on stdout"
             lines.append(
-                f"  Sign in as {prep.admin_email} with password {prep.admin_password}"
-                " (shown only this once)"
+                f"  Sign in as {prep.admin_email}, password {shown} (shown only this once)"
             )
         else:
             lines.append(
@@ -277,16 +387,20 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
                 f"`tether-cloud admin set-password --data-dir {settings.data_dir} "
                 f"--email {prep.admin_email}`)"
             )
-        lines.append(f"  API token: {prep.api_token}")
+        if prep.api_token_new and secret_ok:
+            lines.append(f"  API token: {prep.api_token} (kept in {prep.api_token_file})")
+        else:
+            lines.append(f"  API token: in {prep.api_token_file}")
         if ca_file:
             lines.append(f"  CA file: {ca_file}")
             lines.append(f"  CA SHA-256: {ca_sha}")
             lines.append("  On each node, trust this CA first:")
             lines.append(f"    cp {ca_file} $PREFIX/var/lib/tether/cloud.d/cloud_fullchain.pem")
         lines.append("  Then claim the node:")
-        lines.append(
-            f"    tether-claim -token={prep.claim_token} -rooms={prep.room_ids[1]} -url={url}"
-        )
+        token = prep.claim_token if secret_ok else "CLAIM_TOKEN"
+        lines.append(f"    tether-claim -token={token} -rooms={prep.room_ids[1]} -url={url}")
+        if not secret_ok:
+            lines.append("  (CLAIM_TOKEN: claim_token in the JSON on stdout)")
         print("\n".join(lines), file=human, flush=True)
 
     if a.no_serve:
@@ -494,7 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_create_space)
 
-    p = admin.add_parser("add-member", help="add a user to a Space with a role")
+    p = admin.add_parser(
+        "add-member",
+        help="add a user to a Space with a role at once, without an invitation "
+        "(the operator's path; Space admins invite through the API or the UI)",
+    )
     _data_args(p)
     p.add_argument("--space", required=True, help="Space id")
     p.add_argument("--email", required=True)
@@ -527,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
+    from tether.cloud.log_secrets import keep_secrets_out
+
+    keep_secrets_out()  # no bearer header or cookie in the log, even with -v
     try:
         return int(args.func(args))
     except CliError as exc:

@@ -13,6 +13,8 @@ without limit.
   one host usually owns a whole /64).
 - `LogLimiter`: at most a few log lines per key per interval, with a count of
   what was left out, so one peer cannot fill the disk with log.
+- `Budget`: at most `total` units (bytes) held at once across all callers, e.g.
+  the relay's inflated answers in flight; no clock, what is held is given back.
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ class Window:
             q.append(now)
             while len(q) > self.limit:  # older ones no longer change the answer
                 q.popleft()
+
+    def undo(self, key: str) -> None:
+        """Take back one event of `key` counted by `hit` (an attempt that turned
+        out not to count, e.g. a sign-in that succeeded). Only that one: the
+        key's other events stay."""
+        with self._lock:
+            q = self._events.get(key)
+            if q:
+                q.pop()
+                if not q:
+                    del self._events[key]
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -158,3 +171,26 @@ class LogLimiter:
             return False, 0
         with self._lock:
             return True, self._suppressed.pop(key, 0)
+
+
+class Budget:
+    """At most `total` units held at once, shared by all callers. Thread-safe.
+
+    `take(n)` holds n more units if they fit and says whether they did; the
+    caller gives back exactly what it took with `give(n)` when done."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.held + n > self.total:
+                return False
+            self.held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.held = max(0, self.held - n)

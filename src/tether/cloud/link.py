@@ -48,9 +48,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from tether.cloud import node_metadata as meta
+from tether.cloud import retention
 from tether.cloud.batching import GroupCommit
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response
+from tether.cloud.limits import Clock, LogLimiter, address_key
+from tether.cloud.link_budget import LinkBudget, Verdict
 from tether.cloud.models import CloudProcess, Node, utcnow
 from tether.cloud.node_auth import (
     OneTimeSecrets,
@@ -58,6 +62,7 @@ from tether.cloud.node_auth import (
     purge_expired,
     seal_challenge,
 )
+from tether.cloud.outage import DATABASE_ERRORS
 from tether.cloud.routing import NatsRouter, NodeNotConnected, PresenceEvent, Router
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import nodes as node_store
@@ -67,6 +72,7 @@ from tether.protocol.frames import (
     AlertTransition,
     Disconnect,
     ErrorFrame,
+    Frame,
     Goodbye,
     Hello,
     HelloAck,
@@ -77,6 +83,7 @@ from tether.protocol.frames import (
 from tether.protocol.link import (
     CLOSE_NODE_REMOVED,
     CLOSE_NORMAL,
+    CLOSE_OVER_BUDGET,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REPLACED,
     CLOSE_SERVICE_RESTART,
@@ -97,6 +104,11 @@ STATE_REMOVED = "removed"
 _CHUNK = 500  # ids per IN (...) query
 # Presence never needs a node's rooms; skip their extra SELECT.
 _NO_ROOMS = [lazyload(Node.rooms)]
+# Lines about one link (keyed by node, or address before auth): at most this
+# many per interval, so one peer cannot fill the disk with log.
+LOG_LINES_PER_KEY = 20
+LOG_INTERVAL = 60.0
+PRUNE_EVERY = 10.0  # seconds between history prunes at most (tether.cloud.retention)
 
 
 def peer_address(conn: Request | WebSocket) -> str:
@@ -261,13 +273,14 @@ def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
             f"{node.last_address} (cloned machine or copied cloud.d?)",
             detail=duplicate,
         )
-    node.hostname = _clip(hello.hostname, 255) or node.hostname
-    node.os = _clip(hello.os, 200) or None
-    node.agent_version = _clip(hello.agent_version, 64) or None
-    node.machine_id = _clip(hello.machine_id, 64) or None
-    node.boot_id = _clip(hello.boot_id, 64) or None
+    # `hello` was sanitized on arrival (meta.clean_hello): stored as it is.
+    node.hostname = hello.hostname or node.hostname
+    node.os = hello.os or None
+    node.agent_version = hello.agent_version or None
+    node.machine_id = hello.machine_id or None
+    node.boot_id = hello.boot_id or None
     if hello.machine_guid:
-        node.machine_guid = _clip(hello.machine_guid, 64)
+        node.machine_guid = hello.machine_guid
     node.link_process = rec.process_id
     cause = f"replaced: a new link from {address}" if duplicate else f"connected from {address}"
     node_store.set_state(
@@ -351,35 +364,38 @@ def db_node_update(db: Database, node_id: str, upd: NodeUpdate) -> None:
         node = s.get(Node, node_id, with_for_update=True, options=_NO_ROOMS)
         if node is None:
             return
+        upd = meta.clean_update(upd)
         if upd.hostname:
-            node.hostname = _clip(upd.hostname, 255)
+            node.hostname = upd.hostname
         if upd.os is not None:
-            node.os = _clip(upd.os, 200) or None
+            node.os = upd.os or None
         if upd.agent_version is not None:
-            node.agent_version = _clip(upd.agent_version, 64) or None
+            node.agent_version = upd.agent_version or None
 
 
-def db_alert(db: Database, node_id: str, alert: AlertTransition) -> None:
+def apply_alert(s: Session, item: tuple[str, AlertTransition]) -> None:
     """Record an alert's status change. Its value is a metric value: never stored."""
-    with db.session(write_lock=True) as s:
-        node = s.get(Node, node_id)
-        if node is None:
-            return
-        node_store.record_event(
-            s,
-            node,
-            "alert",
-            cause=_clip(
-                f"{alert.name} on {alert.chart}: {alert.old_status} -> {alert.new_status}", 400
-            ),
-            detail={
-                "name": _clip(alert.name, 200),
-                "chart": _clip(alert.chart, 200),
-                "old_status": _clip(alert.old_status, 40),
-                "new_status": _clip(alert.new_status, 40),
-                "at": alert.at,
-            },
-        )
+    node_id, alert = item
+    node = s.get(Node, node_id)
+    if node is None:
+        return
+    name = meta.clean(alert.name, meta.MAX_ALERT_NAME)
+    chart = meta.clean(alert.chart, meta.MAX_ALERT_NAME)
+    old = meta.clean(alert.old_status, meta.MAX_ALERT_STATUS)
+    new = meta.clean(alert.new_status, meta.MAX_ALERT_STATUS)
+    node_store.record_event(
+        s,
+        node,
+        "alert",
+        cause=f"{name} on {chart}: {old} -> {new}",
+        detail={
+            "name": name,
+            "chart": chart,
+            "old_status": old,
+            "new_status": new,
+            "at": meta.clean_time(alert.at),
+        },
+    )
 
 
 def db_heartbeat(db: Database, process_id: str, description: str) -> None:
@@ -475,8 +491,11 @@ def db_forget_process(db: Database, process_id: str) -> None:
 class LinkService:
     """The live-link table of this Cloud process, its endpoint and its sweeper."""
 
-    def __init__(self, settings: CloudSettings, db: Database, router: Router) -> None:
+    def __init__(
+        self, settings: CloudSettings, db: Database, router: Router, clock: Clock = time.monotonic
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.db = db
         self.router = router
         self.keepalive = settings.keepalive_seconds
@@ -488,6 +507,14 @@ class LinkService:
         self._stopped = False
         self._restart_spread = 2.0
         self._purged_at = time.monotonic()
+        # Frame budgets per node (tether.cloud.link_budget): kept across its
+        # reconnects, forgotten by the sweeper once idle.
+        self.budgets: dict[str, LinkBudget] = {}
+        self.log_limiter = LogLimiter(LOG_LINES_PER_KEY, LOG_INTERVAL, clock)
+        self.retention = retention.Retention(
+            settings.history_days, settings.node_events_per_node, settings.claim_audit_rows
+        )
+        self._pruned_at: float | None = None  # None: the first prune checks every node
         # One process keeps challenges and link tokens in memory; processes
         # sharing the database (NATS) keep them as rows (see node_auth).
         self.secrets: OneTimeSecrets | None = None if settings.nats_url else OneTimeSecrets()
@@ -495,6 +522,10 @@ class LinkService:
         self.seals = GroupCommit(db, seal_challenge, key=str, write=False)
         self._connects = GroupCommit(db, db_connect, key=lambda r: r.node_id)
         self._disconnects = GroupCommit(db, db_disconnect, key=lambda r: r.node_id)
+        # Alert rows are written in shared transactions off the receive loop: a
+        # burst of hundreds (a host with many mounts) must not stall the link.
+        self._alerts = GroupCommit(db, apply_alert, key=lambda r: r[0])
+        self._alert_writes: set[asyncio.Task[None]] = set()
         if isinstance(router, NatsRouter):
             router.subscribe_takeover(self._taken_over)
         router.subscribe_presence(self._on_presence)
@@ -565,10 +596,29 @@ class LinkService:
         # `closing` (and record themselves offline).
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        if self._alert_writes:
+            await asyncio.wait(list(self._alert_writes), timeout=5)
         try:
             await self.router.close()
         except Exception:
             log.exception("could not close the router")
+
+    def _write_alert(self, node_id: str, alert: AlertTransition) -> None:
+        async def write() -> None:
+            try:
+                await self._alerts.submit((node_id, alert))
+            except Exception as exc:
+                self._log(
+                    logging.WARNING,
+                    node_id,
+                    "could not record an alert of node %s: %s",
+                    node_id,
+                    exc,
+                )
+
+        task = asyncio.create_task(write())
+        self._alert_writes.add(task)
+        task.add_done_callback(self._alert_writes.discard)
 
     async def _close_for_restart(self, link: LiveLink) -> None:
         link.cause, link.cause_code = "Cloud restart", presence.CAUSE_CLOUD_CLOSED
@@ -593,6 +643,8 @@ class LinkService:
                 await self._sweep(description)
             except asyncio.CancelledError:
                 raise
+            except DATABASE_ERRORS:
+                pass  # the outage is logged once (tether.cloud.outage); the next sweep retries
             except Exception:
                 log.exception("link sweep failed")
 
@@ -603,6 +655,8 @@ class LinkService:
             await run_in_threadpool(purge_expired, self.db)
             if self.secrets is not None:
                 self.secrets.purge()
+        await self._prune_history()
+        self._forget_idle_budgets()
         for node_id, session in await run_in_threadpool(
             db_reap_dead_processes, self.db, self._grace()
         ):
@@ -638,6 +692,45 @@ class LinkService:
                     await self._publish(node_id, "live", link.session_id, "reasserted")
             elif current[node_id] != link.session_id:
                 await self._close_replaced(node_id, link)
+
+    async def _prune_history(self) -> None:
+        """Bound node_events and claim_audit (tether.cloud.retention)."""
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        every_node = self._pruned_at is None
+        self._pruned_at = now
+        pruned = await run_in_threadpool(retention.prune, self.db, self.retention, None, every_node)
+        if pruned.node_events or pruned.claim_audit:
+            log.info(
+                "history pruned: %d node event(s), %d claim audit row(s)",
+                pruned.node_events,
+                pruned.claim_audit,
+            )
+
+    def _forget_idle_budgets(self) -> None:
+        for node_id, budget in list(self.budgets.items()):
+            if node_id not in self.links and budget.forgettable():
+                del self.budgets[node_id]
+
+    def _budget(self, node_id: str) -> LinkBudget:
+        budget = self.budgets.get(node_id)
+        if budget is None:
+            budget = self.budgets[node_id] = LinkBudget(self.clock)
+        return budget
+
+    def _log(self, level: int, key: str, msg: str, *args: object) -> None:
+        """A line about one link, keyed by its node (or address before the
+        token check): at most LOG_LINES_PER_KEY per LOG_INTERVAL; the next line
+        after a quiet spell says how many were left out. Peer-supplied text in
+        `args` must go through meta.for_log."""
+        allowed, suppressed = self.log_limiter.allow(key)
+        if not allowed:
+            return
+        if suppressed:
+            msg += " (%d similar lines suppressed)"
+            args = (*args, suppressed)
+        log.log(level, msg, *args)
 
     async def _taken_over(self, node_id: str) -> None:
         """Another process announced a link for a node linked here: the
@@ -740,7 +833,9 @@ class LinkService:
         elif token:
             node_id = await run_in_threadpool(consume_link_token, self.db, token)
         if node_id is None:
-            log.warning(
+            self._log(
+                logging.WARNING,
+                "addr:" + address_key(address),
                 "ACLK link from %s refused: link token %s",
                 address,
                 "missing" if token is None else "invalid, expired or already used",
@@ -751,6 +846,26 @@ class LinkService:
                     "ErrLinkTokenInvalid",
                     "The link token is missing, expired or already used: authenticate again "
                     f"({auth.challenge_path('{claim_id}')}).",
+                )
+            )
+            return
+        wait = self._budget(node_id).retry_after()
+        if wait:
+            self._log(
+                logging.WARNING,
+                node_id,
+                "ACLK node %s from %s refused: closed over budget, may link again in %d s",
+                node_id,
+                address,
+                wait,
+            )
+            await ws.send_denial_response(
+                error_response(
+                    429,
+                    "ErrOverBudget",
+                    "This node's link was closed because it sent more frames than the Cloud "
+                    f"accepts (see docs/protocol.md, budgets); reconnect after {wait} s.",
+                    {"Retry-After": str(wait)},
                 )
             )
             return
@@ -769,7 +884,13 @@ class LinkService:
             await ws.close(1011, "the Cloud could not record the connection; retry later")
             return
         if connected is None:
-            log.warning("ACLK node %s from %s: node removed; closing with 4003", node_id, address)
+            self._log(
+                logging.WARNING,
+                node_id,
+                "ACLK node %s from %s: node removed; closing with 4003",
+                node_id,
+                address,
+            )
             await ws.close(CLOSE_NODE_REMOVED, "node removed from its Space")
             return
         link = LiveLink(node_id, session_id, ws, conn, address, hello)
@@ -790,24 +911,28 @@ class LinkService:
                 )
             if connected.duplicate:
                 prev = connected.duplicate["previous"]
-                log.warning(
+                self._log(
+                    logging.WARNING,
+                    node_id,
                     "ACLK node %s: DUPLICATE identity: a link from %s (machine-id %s, boot id %s) "
                     "replaced the live one from %s (machine-id %s, boot id %s)",
                     node_id,
                     address,
-                    hello.machine_id or "?",
-                    hello.boot_id or "?",
+                    meta.for_log(hello.machine_id or "?"),
+                    meta.for_log(hello.boot_id or "?"),
                     prev["address"],
-                    prev["machine_id"] or "?",
-                    prev["boot_id"] or "?",
+                    meta.for_log(prev["machine_id"] or "?"),
+                    meta.for_log(prev["boot_id"] or "?"),
                 )
-            log.info(
+            self._log(
+                logging.INFO,
+                node_id,
                 "ACLK node %s (%s) live from %s, session %s, agent %s",
                 node_id,
-                connected.hostname,
+                meta.for_log(connected.hostname),
                 address,
                 session_id,
-                hello.agent_version,
+                meta.for_log(hello.agent_version),
             )
             await self._publish(
                 node_id,
@@ -829,8 +954,13 @@ class LinkService:
         try:
             message = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT)
         except TimeoutError:
-            log.warning(
-                "ACLK node %s from %s sent no Hello within %g s", node_id, address, HELLO_TIMEOUT
+            self._log(
+                logging.WARNING,
+                node_id,
+                "ACLK node %s from %s sent no Hello within %g s",
+                node_id,
+                address,
+                HELLO_TIMEOUT,
             )
             await ws.close(CLOSE_PROTOCOL_ERROR, f"no Hello within {HELLO_TIMEOUT:g} s")
             return None
@@ -839,24 +969,37 @@ class LinkService:
             return None
         for event in conn.receive_data(data):
             if isinstance(event, CloseLink):
-                log.warning("ACLK node %s from %s: %s; closing", node_id, address, event.reason)
+                self._log(
+                    logging.WARNING,
+                    node_id,
+                    "ACLK node %s from %s: %s; closing",
+                    node_id,
+                    address,
+                    meta.for_log(event.reason),
+                )
                 await ws.close(event.code, event.reason)
                 return None
         if conn.hello is None or conn.state is not LinkState.HELLO_RECEIVED:
             await ws.close(CLOSE_PROTOCOL_ERROR, "the first frame must be Hello")
             return None
-        return conn.hello
+        # Sanitized, never refused: a node is not kept offline by its metadata.
+        return meta.clean_hello(conn.hello)
 
-    @staticmethod
     async def _message_bytes(
-        ws: WebSocket, message: Mapping[str, Any], node_id: str, address: str
+        self, ws: WebSocket, message: Mapping[str, Any], node_id: str, address: str
     ) -> bytes | None:
         """The bytes of a received message; None (link closed) otherwise."""
         if message["type"] != "websocket.receive":
             return None
         data = message.get("bytes")
         if data is None:
-            log.warning("ACLK node %s from %s sent a text message; closing", node_id, address)
+            self._log(
+                logging.WARNING,
+                node_id,
+                "ACLK node %s from %s sent a text message; closing",
+                node_id,
+                address,
+            )
             with contextlib.suppress(Exception):
                 await ws.close(CLOSE_PROTOCOL_ERROR, "text messages are not part of the protocol")
             return None
@@ -864,6 +1007,7 @@ class LinkService:
 
     async def _receive_loop(self, link: LiveLink) -> None:
         ws, conn = link.ws, link.conn
+        budget = self._budget(link.node_id)
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -880,13 +1024,21 @@ class LinkService:
                     "protocol_error",
                 )
                 return
-            for event in conn.receive_data(data):
+            stale = conn.stale_responses
+            events = conn.receive_data(data)
+            if conn.stale_responses != stale:  # an answer to no query in flight
+                if await self._charge(link, budget, "stale_response", len(data)) is Verdict.CLOSE:
+                    return
+                continue
+            for event in events:
                 if isinstance(event, CloseLink):
-                    log.warning(
+                    self._log(
+                        logging.WARNING,
+                        link.node_id,
                         "ACLK node %s from %s: %s; closing with %d",
                         link.node_id,
                         link.address,
-                        event.reason,
+                        meta.for_log(event.reason),
                         event.code,
                     )
                     await link.close(
@@ -897,8 +1049,64 @@ class LinkService:
                     )
                     return
                 assert isinstance(event, FrameReceived)
+                kind = _budget_kind(link, event.frame)
+                if kind is not None:
+                    verdict = await self._charge(link, budget, kind, len(data))
+                    if verdict is Verdict.CLOSE:
+                        return
+                    if verdict is Verdict.DROP:
+                        continue
                 if await self._on_frame(link, event):
                     return
+
+    async def _charge(self, link: LiveLink, budget: LinkBudget, kind: str, size: int) -> Verdict:
+        """Charge one frame of `kind` to the node's budget. Over it, the frame is
+        dropped (counted); over it for too long, the link is closed with 4008
+        after a Disconnect saying when to come back."""
+        verdict = budget.admit(kind, size)
+        if verdict is Verdict.OK:
+            return verdict
+        if verdict is Verdict.DROP:
+            if budget.dropped[kind] == 1:
+                self._log(
+                    logging.WARNING,
+                    link.node_id,
+                    "ACLK node %s from %s is over its %s budget: dropping its %s frames",
+                    link.node_id,
+                    link.address,
+                    kind,
+                    kind,
+                )
+            await asyncio.sleep(0)  # let the other links' frames through first
+            return verdict
+        back = budget.punish()
+        dropped = budget.take_dropped()
+        summary = ", ".join(f"{k} {n}" for k, n in sorted(dropped.items()))
+        self._log(
+            logging.WARNING,
+            link.node_id,
+            "ACLK node %s from %s stayed over budget (dropped %s): closing with %d; "
+            "refusing its link for %g s",
+            link.node_id,
+            link.address,
+            summary,
+            CLOSE_OVER_BUDGET,
+            back,
+        )
+        frame = Disconnect(
+            code="over_budget",
+            text=f"too many frames (dropped {summary}); see the budgets in docs/protocol.md",
+            reconnect_after_seconds=back,
+        )
+        with contextlib.suppress(Exception):
+            await link.send(link.conn.send(frame))
+        await link.close(
+            CLOSE_OVER_BUDGET,
+            "over budget",
+            f"closed over budget: dropped {summary}; may reconnect after {back:g} s",
+            presence.CAUSE_CLOUD_CLOSED,
+        )
+        return verdict
 
     async def _on_frame(self, link: LiveLink, event: FrameReceived) -> bool:
         """Handle one frame; True when the link is done."""
@@ -908,24 +1116,32 @@ class LinkService:
             if fut is not None and not fut.done():
                 fut.set_result(frame)
         elif isinstance(frame, ErrorFrame):
-            log.warning(
+            self._log(
+                logging.WARNING,
+                link.node_id + "/reports",  # its own key: reports cannot crowd out the rest
                 "ACLK node %s reported an error: %s %s",
                 link.node_id,
-                frame.code,
-                _clip(frame.text, 200),
+                meta.for_log(frame.code, 40),
+                meta.for_log(frame.text, 200),
             )
         elif isinstance(frame, NodeUpdate):
             await run_in_threadpool(db_node_update, self.db, link.node_id, frame)
         elif isinstance(frame, AlertTransition):
-            await run_in_threadpool(db_alert, self.db, link.node_id, frame)
+            self._write_alert(link.node_id, frame)
         elif isinstance(frame, Goodbye):
-            back = frame.expected_back_seconds
+            back = meta.clean_seconds(frame.expected_back_seconds)
             link.cause = f"goodbye: agent {frame.reason}" + (
                 f", expected back in {back:g} s" if back is not None else ""
             )
             link.cause_code = presence.CAUSE_GOODBYE
             link.expected_back_seconds = back
-            log.info("ACLK node %s says goodbye: %s", link.node_id, link.cause)
+            self._log(
+                logging.INFO,
+                link.node_id,
+                "ACLK node %s says goodbye: %s",
+                link.node_id,
+                link.cause,
+            )
             await link.close(CLOSE_NORMAL, "goodbye", link.cause, presence.CAUSE_GOODBYE)
             return True
         return False
@@ -939,12 +1155,14 @@ class LinkService:
             await self.router.unregister(link.node_id, link.handler)
         cause = link.cause or "closed"
         code = link.cause_code or presence.CAUSE_CLOSED
-        log.info(
+        self._log(
+            logging.INFO,
+            link.node_id,
             "ACLK node %s link from %s closed (session %s): %s",
             link.node_id,
             link.address,
             link.session_id,
-            cause,
+            meta.for_log(cause, 300),
         )
         if link.recorded_offline:
             return
@@ -980,6 +1198,21 @@ class LinkService:
         return True
 
 
+def _budget_kind(link: LiveLink, frame: Frame) -> str | None:
+    """The budget a frame is charged to (link_budget.BUDGETS); None for answers
+    the Cloud is waiting for and for Goodbye."""
+    if isinstance(frame, AlertTransition):
+        return "alert"
+    if isinstance(frame, NodeUpdate):
+        return "node_update"
+    if isinstance(frame, QueryResponse | ErrorFrame) and frame.id is not None:
+        fut = link.waiting.get(frame.id)
+        return None if fut is not None and not fut.done() else "stale_response"
+    if isinstance(frame, ErrorFrame):
+        return "error"
+    return None
+
+
 def _close_cause(code: int, reason: str) -> tuple[str, str]:
     if code in (1005, 1006):
         return (
@@ -989,8 +1222,9 @@ def _close_cause(code: int, reason: str) -> tuple[str, str]:
     if code == 1009:
         return "closed: the agent sent a frame over the size limit (1009)", presence.CAUSE_CLOSED
     text = f"closed by the agent: {describe_close(code)} ({code})"
+    reason = meta.clean(reason, 120)  # the agent's words, stored and shown
     if reason:
-        text += f": {_clip(reason, 120)}"
+        text += f": {reason}"
     return text, presence.CAUSE_CLOSED
 
 
@@ -1005,13 +1239,14 @@ async def aclk(ws: WebSocket) -> None:
 async def disconnect_node(request: Request) -> Response:
     """Ask a node to disconnect and reconnect after a delay (manager or admin)."""
     from tether.cloud.auth import require_user
+    from tether.cloud.body import read_json
     from tether.cloud.store import spaces as space_store
 
     user = await require_user(request)
     space_id = str(request.path_params["space_id"]).lower()
     node_id = str(request.path_params["node_id"]).lower()
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = await read_json(request, optional=True)  # 400 if not JSON or too deep
         delay = body.get("reconnect_after_seconds") if isinstance(body, dict) else None
         if delay is not None and not (isinstance(delay, int | float) and 0 <= delay <= 86400):
             raise ValueError

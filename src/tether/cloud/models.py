@@ -78,6 +78,28 @@ class SpaceMember(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class SpaceInvitation(Base):
+    """An invitation to join a Space: the invitee becomes a member only when
+    they accept it, signed in as the invited email. Only the token's SHA-256
+    is kept."""
+
+    __tablename__ = "space_invitations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    invited_by: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    accepted_at: Mapped[dt.datetime | None]
+    declined_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
 class Room(Base):
     __tablename__ = "rooms"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -217,6 +239,7 @@ __all__ = [
     "NodeRoom",
     "Room",
     "Space",
+    "SpaceInvitation",
     "SpaceMember",
     "User",
 ]

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
+from tether.cloud.http_timeouts import Unfinished, sweep, timed_protocol
 from tether.cloud.settings import CloudSettings
 from tether.protocol.frames import MAX_FRAME_SIZE
 
@@ -99,6 +101,20 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _loop_factory(tls_handshake_timeout: float) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop, but a TLS handshake must finish within the given seconds (uvicorn
+    passes no `ssl_handshake_timeout`, and the default 60 s lets a client that
+    never sends a ClientHello hold a descriptor for a minute)."""
+
+    class Loop(uvloop.Loop):
+        async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", tls_handshake_timeout)
+            return await super().create_server(*args, **kwargs)
+
+    return Loop
+
+
 def run(
     settings: CloudSettings,
     app: Starlette,
@@ -110,9 +126,16 @@ def run(
 ) -> int:
     """Serve until SIGTERM/SIGINT; call `on_ready` once connections are accepted."""
     sockets = listen_sockets(settings.host, settings.port)
+    # Slow clients: request head, body and unfinished-connection cap (http_timeouts.py).
+    unfinished: Unfinished[Any] = Unfinished(
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        settings.max_unfinished_connections,
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop",
+        http=timed_protocol(unfinished),
         ws=LinkProtocol,
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_SIZE,
@@ -137,6 +160,7 @@ def run(
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=sockets))
+        sweeper = asyncio.create_task(sweep(unfinished))
         # uvicorn has no startup callback; `started` flips once sockets listen.
         while not server.started and not task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
@@ -147,13 +171,16 @@ def run(
         # (measured: 40-50 ms pauses about once a second under relay load).
         gc.collect()
         gc.freeze()
-        await task
+        try:
+            await task
+        finally:
+            sweeper.cancel()
 
     # uvicorn re-raises the signal it caught after a graceful stop; these
     # no-op handlers make that a clean exit 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    loop_factory = config.get_loop_factory()
+    loop_factory = _loop_factory(settings.header_timeout_seconds)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
     if not server.started:

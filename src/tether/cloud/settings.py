@@ -32,13 +32,32 @@ class CloudSettings:
     nats_subject_prefix: str = "tether"
     # How long a relayed query may take before the browser gets 504.
     relay_timeout_seconds: float = 10.0
-    # Node authentication: challenge lifetime (under a minute) and failed
-    # answers per node per minute before 429 (an address gets 4x that).
+    # Relayed answers that travel zlib-compressed: the inflated bytes of all
+    # answers in flight in this process (past it, 503 ErrRelayBusy) and the
+    # most one answer may inflate to (past it, 502 ErrAnswerTooLarge).
+    relay_inflate_budget_bytes: int = 64 * 2**20
+    relay_max_answer_bytes: int = 16 * 2**20
+    # Node authentication (tether.cloud.node_auth): challenge lifetime (under a
+    # minute); failures per (node, address) per minute before that address gets
+    # no challenges for that node (an address across nodes: 4x); node-auth
+    # requests (challenges and answers) per address per minute.
     challenge_ttl_seconds: float = 50.0
     auth_failures_per_minute: int = 5
+    auth_requests_per_address_per_minute: int = 6000
     # Backoff policy handed to agents with each link token.
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
+    # Bounded history (tether.cloud.retention): node_events and claim_audit rows
+    # older than this are pruned, and beyond these counts the oldest go.
+    history_days: float = 30.0
+    node_events_per_node: int = 1000
+    claim_audit_rows: int = 100_000
+    # Slow clients (http_timeouts.py): a request head (and the TLS handshake)
+    # must arrive within header_timeout, its body within body_timeout; at most
+    # max_unfinished_connections per process may be mid-request (oldest closed).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 20.0
+    max_unfinished_connections: int = 1000
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()

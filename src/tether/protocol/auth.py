@@ -3,14 +3,23 @@
 The agent proves it holds the private key it registered when claimed:
 
     GET  /api/v1/auth/node/{claim_id}/challenge
-         -> 200 {"challenge": "<base64 RSA-OAEP-SHA256 ciphertext>", "expiresIn": 60}
-    POST /api/v1/auth/node/{claim_id}/password  {"response": "<base64 plaintext>"}
+         -> 200 {"challenge": "<base64 RSA-OAEP-SHA256 ciphertext>", "expiresIn": 50,
+                 "challengeId": "<opaque id>"}
+    POST /api/v1/auth/node/{claim_id}/password
+         {"response": "<base64 plaintext>", "challengeId": "<the id it answers>"}
          -> 200 {"linkToken": "...", "linkUrl": "wss://HOST:PORT/aclk",
                  "keepaliveSeconds": 20, "backoff": {"baseSeconds": 1, "maxSeconds": 300}}
 
+Naming the challenge lets the Cloud tell a wrong key (a live challenge answered
+with the wrong plaintext: 403, terminal) from an answer to a challenge it no
+longer holds (expired, used, or forgotten by a restart: 401, ask again).
+`challengeId` is optional for older agents; without it an answer that matches
+no live challenge is 401, since the Cloud cannot tell the two apart.
+
 Failures answer with a JSON body `{"errorMsgKey": KEY, "errorMessage": TEXT}`.
 The WebSocket then presents the link token as `Authorization: Bearer TOKEN`.
-No I/O here: the HTTP client and server sit at the edges.
+No I/O here: the HTTP client and server sit at the edges. The Cloud's limits
+live in tether.cloud.node_auth.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 CHALLENGE_BYTES: Final = 32
 CHALLENGE_TTL_SECONDS: Final = 60
+MAX_CHALLENGE_ID_LENGTH: Final = 64
 LINK_PATH: Final = "/aclk"
 
 
@@ -50,10 +60,14 @@ class AuthError(Exception):
 class ChallengeReply(msgspec.Struct, rename="camel", kw_only=True):
     challenge: str
     expires_in: int = CHALLENGE_TTL_SECONDS
+    # Names this challenge in the answer; "" from a Cloud that predates it.
+    challenge_id: str = ""
 
 
-class PasswordRequest(msgspec.Struct, kw_only=True):
+class PasswordRequest(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     response: str
+    # The challengeId of the challenge answered; None (absent) from older agents.
+    challenge_id: Annotated[str, msgspec.Meta(max_length=MAX_CHALLENGE_ID_LENGTH)] | None = None
 
 
 class BackoffPolicy(msgspec.Struct, rename="camel", kw_only=True):
@@ -188,21 +202,24 @@ AUTH_ERRORS: Final[dict[str, AuthErrorKind]] = {
             "ErrIncorrectResponse",
             403,
             True,
-            "the node's private key does not match the key the Cloud holds for it",
+            "the answer to a live challenge is wrong: the node's private key does not "
+            "match the key the Cloud holds for it",
             "the key in cloud.d was replaced or copied from another node; " + REMOVED_FIX,
         ),
         AuthErrorKind(
             "ErrChallengeExpired",
             401,
             False,
-            "the challenge expired or was already used",
+            "the challenge expired, was already answered, or is not known to the Cloud "
+            "(for example after a Cloud restart)",
             "none needed: the agent asks for a new challenge",
         ),
         AuthErrorKind(
             "ErrRateLimited",
             429,
             False,
-            "too many failed authentication attempts for this node",
+            "too many authentication requests or failures from this address, or too many "
+            "challenges outstanding for this node",
             "none needed: the agent waits as the Cloud asks (Retry-After)",
         ),
         AuthErrorKind(
@@ -230,56 +247,3 @@ def classify_auth_error(status: int, error_msg_key: str | None) -> AuthErrorKind
         f"the Cloud answered HTTP {status}",
         "none needed if temporary: the agent retries with backoff",
     )
-
-
-# -- rate limiting failed attempts (Cloud side) -----------------------------------
-
-
-class FailureLimiter:
-    """Refuse a node's auth attempts for a while after repeated failures.
-
-    Pure bookkeeping: the caller passes the clock. After `max_failures` wrong
-    answers within `window_seconds`, `retry_after()` returns how long the node
-    must wait (answer 429 `ErrRateLimited` with Retry-After). Each Cloud process
-    keeps its own book, so with N processes a node gets at most N times the
-    budget; that still turns a guessing loop into a crawl.
-    """
-
-    def __init__(
-        self, max_failures: int = 5, window_seconds: float = 60.0, lockout_seconds: float = 60.0
-    ) -> None:
-        self.max_failures = max_failures
-        self.window_seconds = window_seconds
-        self.lockout_seconds = lockout_seconds
-        self._failures: dict[str, list[float]] = {}
-        self._locked_until: dict[str, float] = {}
-
-    def retry_after(self, key: str, now: float) -> float | None:
-        """Seconds to wait before `key` may try again, or None when it may now."""
-        until = self._locked_until.get(key)
-        if until is None:
-            return None
-        if now >= until:
-            del self._locked_until[key]
-            return None
-        return until - now
-
-    def record_failure(self, key: str, now: float) -> None:
-        recent = [t for t in self._failures.get(key, ()) if now - t < self.window_seconds]
-        recent.append(now)
-        if len(recent) >= self.max_failures:
-            self._locked_until[key] = now + self.lockout_seconds
-            recent = []
-        self._failures[key] = recent
-        if len(self._failures) > 100_000:  # bound memory under a flood of ids
-            self._prune(now)
-
-    def record_success(self, key: str) -> None:
-        self._failures.pop(key, None)
-        self._locked_until.pop(key, None)
-
-    def _prune(self, now: float) -> None:
-        self._failures = {
-            k: v for k, v in self._failures.items() if v and now - v[-1] < self.window_seconds
-        }
-        self._locked_until = {k: t for k, t in self._locked_until.items() if t > now}

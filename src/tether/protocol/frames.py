@@ -10,6 +10,7 @@ peer ignores; `v` changes only on incompatible changes and a frame with another
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Final, Literal
 
 import msgspec
@@ -19,8 +20,11 @@ MAX_FRAME_SIZE: Final = 4 * 1024 * 1024
 # Bodies above this are zlib-compressed inside the frame: per-message deflate is
 # off on the link because it doubles the memory each idle connection costs.
 COMPRESS_THRESHOLD: Final = 8 * 1024
-# A compressed body may not inflate past this (guards against zip bombs).
+# A compressed body may not inflate past this (guards against zip bombs); the
+# Cloud's relay has its own, smaller cap (--relay-max-answer-mib).
 MAX_BODY_SIZE: Final = 64 * 1024 * 1024
+# Inflation proceeds in pieces of at most this many bytes.
+INFLATE_PIECE: Final = 256 * 1024
 
 Encoding = Literal["identity", "zlib"]
 
@@ -182,6 +186,8 @@ def decode(data: bytes, max_size: int = MAX_FRAME_SIZE) -> Frame:
         raise ProtocolError(f"frame of {len(data)} bytes exceeds the {max_size} byte limit", 1009)
     try:
         frame = _decoder.decode(data)
+    except RecursionError:  # msgspec recurses per level, also to skip an unknown field
+        raise ProtocolError("malformed frame: values nest too deep") from None
     except (msgspec.MsgspecError, ValueError) as exc:  # bad UTF-8 raises ValueError
         raise ProtocolError(_explain(data, exc)) from None
     if frame.v != PROTOCOL_VERSION:
@@ -195,7 +201,7 @@ def _explain(data: bytes, exc: Exception) -> str:
     """Name the version or type when a frame fails to decode, else the fault."""
     try:
         env = _envelope_decoder.decode(data)
-    except (msgspec.MsgspecError, ValueError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):
         return f"malformed frame: {exc}"
     if env.v != PROTOCOL_VERSION:
         return f"unsupported protocol version {env.v} (this side speaks {PROTOCOL_VERSION})"
@@ -218,17 +224,36 @@ def make_response(
     return QueryResponse(id=query_id, status=status, content_type=content_type, body=body)
 
 
+class BodyTooLarge(ProtocolError):
+    """A compressed body inflates past the size the receiver accepts."""
+
+
+def inflate_pieces(
+    response: QueryResponse, max_size: int = MAX_BODY_SIZE, piece: int = INFLATE_PIECE
+) -> Iterator[bytes]:
+    """Inflate a zlib body piece by piece, each at most `piece` bytes, so the
+    caller can count (or drop) each before the next is made: a bomb is refused
+    after max_size bytes, never inflated whole. Raises BodyTooLarge past
+    max_size, ProtocolError on a corrupt or truncated body."""
+    inflater = zlib.decompressobj()
+    data, total = response.body, 0
+    while not inflater.eof:
+        try:
+            out = inflater.decompress(data, piece)
+        except zlib.error as exc:
+            raise ProtocolError(f"response {response.id}: corrupt zlib body: {exc}") from None
+        data = inflater.unconsumed_tail
+        if not out and not data and not inflater.eof:
+            raise ProtocolError(f"response {response.id}: zlib body is truncated")
+        total += len(out)
+        if total > max_size:
+            raise BodyTooLarge(f"response {response.id}: body inflates past {max_size} bytes")
+        if out:
+            yield out
+
+
 def response_body(response: QueryResponse, max_size: int = MAX_BODY_SIZE) -> bytes:
     """The plain body of a response, refusing bodies that inflate past max_size."""
     if response.encoding == "identity":
         return response.body
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(response.body, max_size)
-    except zlib.error as exc:
-        raise ProtocolError(f"response {response.id}: corrupt zlib body: {exc}") from None
-    if inflater.unconsumed_tail or not inflater.eof:
-        raise ProtocolError(
-            f"response {response.id}: body is truncated or inflates past {max_size} bytes"
-        )
-    return out
+    return b"".join(inflate_pieces(response, max_size))

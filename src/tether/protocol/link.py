@@ -46,7 +46,12 @@ CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_PROTOCOL_ERROR: Final = 4000
 CLOSE_TOKEN_INVALID: Final = 4001
 CLOSE_NODE_REMOVED: Final = 4003
+CLOSE_OVER_BUDGET: Final = 4008
 CLOSE_REPLACED: Final = 4009
+# After 4008 the agent stays away at least this long (the Disconnect before the
+# close says how long; this is the floor when it did not arrive). The Cloud
+# refuses the node's link with HTTP 429 until then.
+OVER_BUDGET_RECONNECT_SECONDS: Final = 60.0
 
 CLOSE_REASONS: Final[dict[int, str]] = {
     CLOSE_NORMAL: "normal close",
@@ -57,6 +62,7 @@ CLOSE_REASONS: Final[dict[int, str]] = {
     CLOSE_PROTOCOL_ERROR: "protocol error",
     CLOSE_TOKEN_INVALID: "link token invalid or already used",
     CLOSE_NODE_REMOVED: "node removed or its credential revoked",
+    CLOSE_OVER_BUDGET: "over budget: the node sent more frames than the Cloud accepts",
     CLOSE_REPLACED: "replaced by a newer connection with the same node identity",
 }
 

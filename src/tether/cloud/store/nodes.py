@@ -1,15 +1,28 @@
-"""Nodes: listing, rooms, removal, and their event history."""
+"""Nodes: listing, rooms, removal, and their event history.
+
+The history is bounded (tether.cloud.retention): at most `per_node` events per
+node and none older than the retention age. `record_event` notes which nodes
+wrote events, so the count is enforced per writing node without scanning
+every node's history.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import threading
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, SpaceMember, utcnow
 from tether.cloud.secrets import iso
+
+PRUNE_BATCH = 5000  # rows per DELETE, so the write lock is held briefly
+
+_written: set[str] = set()  # nodes with events since the last prune
+_written_lock = threading.Lock()
 
 
 def record_event(
@@ -30,6 +43,67 @@ def record_event(
             detail=json.dumps(detail) if detail else None,
         )
     )
+    with _written_lock:
+        _written.add(node.id)
+
+
+def note_written(node_ids: list[str]) -> None:
+    """Note these nodes again (a prune that failed part-way)."""
+    with _written_lock:
+        _written.update(node_ids)
+
+
+def take_written() -> list[str]:
+    """The nodes that recorded events since the last call (this process)."""
+    with _written_lock:
+        out = list(_written)
+        _written.clear()
+    return out
+
+
+def nodes_over(s: Session, per_node: int) -> list[str]:
+    """Every node with more than `per_node` events (one full pass, at start)."""
+    return list(
+        s.scalars(
+            select(NodeEvent.node_id)
+            .group_by(NodeEvent.node_id)
+            .having(func.count(NodeEvent.id) > per_node)
+        )
+    )
+
+
+def prune_node_events(s: Session, node_id: str, per_node: int) -> int:
+    """Keep the newest `per_node` events of one node; the rows deleted."""
+    ids = list(
+        s.scalars(
+            select(NodeEvent.id)
+            .where(NodeEvent.node_id == node_id)
+            .order_by(NodeEvent.at.desc(), NodeEvent.id.desc())
+            .offset(per_node)
+        )
+    )
+    for i in range(0, len(ids), PRUNE_BATCH):
+        s.execute(delete(NodeEvent).where(NodeEvent.id.in_(ids[i : i + PRUNE_BATCH])))
+    return len(ids)
+
+
+def prune_old_events(s: Session, cutoff: dt.datetime) -> int:
+    """Delete up to PRUNE_BATCH events older than `cutoff`, oldest first.
+
+    Ids grow with time, so the oldest rows have the lowest ids: reading the
+    first PRUNE_BATCH by primary key finds them without an index on `at`.
+    Returns the rows deleted; call again while it returns PRUNE_BATCH."""
+    rows = s.execute(
+        select(NodeEvent.id, NodeEvent.at).order_by(NodeEvent.id).limit(PRUNE_BATCH)
+    ).all()
+    old = [rid for rid, at in rows if _aware(at) < cutoff]
+    if old:
+        s.execute(delete(NodeEvent).where(NodeEvent.id.in_(old)))
+    return len(old)
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)  # SQLite: naive UTC
 
 
 def set_state(

@@ -1,11 +1,23 @@
-"""Spaces, their members and roles, and their War Rooms."""
+"""Spaces, their members and roles, invitations, and their War Rooms.
+
+A Space admin adds people by invitation: nobody becomes a member of a Space
+(sees it, its rooms or its nodes) without accepting, signed in as the invited
+email. Otherwise anyone could put their own node in front of someone else's
+browser. Only the Cloud's operator (`tether-cloud admin add-member`) adds a
+member directly.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+import uuid
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tether.cloud.models import Room, Space, SpaceMember, User
+from tether.cloud.models import Room, Space, SpaceInvitation, SpaceMember, User
+from tether.cloud.secrets import aware, new_token, same_hash, sha256_hex, token_prefix
+from tether.cloud.store.users import normalize_email
 
 ROLES = ("admin", "manager", "member")
 _RANK = {"member": 0, "manager": 1, "admin": 2}
@@ -80,6 +92,172 @@ def remove_member(s: Session, space_id: str, user_id: str) -> bool:
     if row.role == "admin" and admin_count(s, space_id) <= 1:
         raise ValueError("a Space needs at least one admin")
     s.delete(row)
+    return True
+
+
+INVITE_KIND = "tin"
+INVITATION_LIFETIME = dt.timedelta(days=7)
+
+
+class AlreadyMember(ValueError):
+    """The invited email already belongs to a member of the Space."""
+
+
+class InvitationClosed(Exception):
+    """The invitation can no longer be answered; `state` says why."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state  # expired | revoked | accepted | declined
+
+
+def invitation_state(inv: SpaceInvitation, now: dt.datetime) -> str:
+    """pending, expired, accepted, declined or revoked."""
+    if inv.revoked_at is not None:
+        return "revoked"
+    if inv.accepted_at is not None:
+        return "accepted"
+    if inv.declined_at is not None:
+        return "declined"
+    return "expired" if aware(inv.expires_at) <= now else "pending"
+
+
+def _open(s: Session, space_id: str, email: str) -> list[SpaceInvitation]:
+    """Unanswered, unrevoked invitations of `email` to a Space (expired included)."""
+    return list(
+        s.scalars(
+            select(SpaceInvitation).where(
+                SpaceInvitation.space_id == space_id,
+                SpaceInvitation.email == email,
+                SpaceInvitation.accepted_at.is_(None),
+                SpaceInvitation.declined_at.is_(None),
+                SpaceInvitation.revoked_at.is_(None),
+            )
+        )
+    )
+
+
+def invite(
+    s: Session, space_id: str, email: str, role: str, inviter_id: str | None, now: dt.datetime
+) -> tuple[str, SpaceInvitation]:
+    """Invite `email` to a Space with `role`, whether or not an account has
+    that email yet (the answer must not tell). A new invitation replaces an
+    open one to the same email. Returns (token, invitation)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    email = normalize_email(email)
+    if "@" not in email or len(email) > 320 or not email.isprintable():
+        raise ValueError(f"{email[:320]!r} is not an email address")
+    member = s.scalar(
+        select(SpaceMember.user_id)
+        .join(User, User.id == SpaceMember.user_id)
+        .where(SpaceMember.space_id == space_id, User.email == email)
+    )
+    if member is not None:
+        raise AlreadyMember(f"{email} is already a member of this Space")
+    for old in _open(s, space_id, email):
+        old.revoked_at = now
+    token, prefix = new_token(INVITE_KIND)
+    inv = SpaceInvitation(
+        space_id=space_id,
+        email=email,
+        role=role,
+        invited_by=inviter_id,
+        prefix=prefix,
+        token_hash=sha256_hex(token),
+        created_at=now,
+        expires_at=now + INVITATION_LIFETIME,
+    )
+    s.add(inv)
+    s.flush()
+    return token, inv
+
+
+def invitations_of_space(s: Session, space_id: str) -> list[SpaceInvitation]:
+    """A Space's unanswered, unrevoked invitations (expired ones too), newest first."""
+    return list(
+        s.scalars(
+            select(SpaceInvitation)
+            .where(
+                SpaceInvitation.space_id == space_id,
+                SpaceInvitation.accepted_at.is_(None),
+                SpaceInvitation.declined_at.is_(None),
+                SpaceInvitation.revoked_at.is_(None),
+            )
+            .order_by(SpaceInvitation.created_at.desc())
+        )
+    )
+
+
+def invitations_for(s: Session, email: str, now: dt.datetime) -> list[SpaceInvitation]:
+    """The invitations `email` can accept now, oldest first."""
+    rows = s.scalars(
+        select(SpaceInvitation)
+        .where(
+            SpaceInvitation.email == normalize_email(email),
+            SpaceInvitation.accepted_at.is_(None),
+            SpaceInvitation.declined_at.is_(None),
+            SpaceInvitation.revoked_at.is_(None),
+        )
+        .order_by(SpaceInvitation.created_at)
+    )
+    return [inv for inv in rows if invitation_state(inv, now) == "pending"]
+
+
+def _invitation(s: Session, invitation_id: str) -> SpaceInvitation | None:
+    try:  # ids are UUIDs: anything else (NUL bytes included) never reaches the database
+        key = str(uuid.UUID(invitation_id))
+    except ValueError:
+        return None
+    return s.get(SpaceInvitation, key)
+
+
+def invitation_for(s: Session, invitation_id: str, email: str) -> SpaceInvitation | None:
+    """The invitation if it was made for `email`; None for anybody else."""
+    inv = _invitation(s, invitation_id)
+    return inv if inv is not None and inv.email == normalize_email(email) else None
+
+
+def invitation_by_token(s: Session, token: str, email: str) -> SpaceInvitation | None:
+    prefix = token_prefix(token, INVITE_KIND) if token.isprintable() else None
+    inv = None
+    if prefix is not None:
+        inv = s.scalar(select(SpaceInvitation).where(SpaceInvitation.prefix == prefix))
+    if inv is None or not same_hash(token, inv.token_hash):
+        return None
+    return inv if inv.email == normalize_email(email) else None
+
+
+def _answerable(inv: SpaceInvitation, now: dt.datetime) -> None:
+    state = invitation_state(inv, now)
+    if state != "pending":
+        raise InvitationClosed(state)
+
+
+def accept(s: Session, inv: SpaceInvitation, user: User, now: dt.datetime) -> None:
+    """Make `user` (whose email the invitation names) a member with the
+    invited role; someone who became a member meanwhile keeps their role."""
+    _answerable(inv, now)
+    assert inv.email == user.email, "the caller checked the invitation is for this user"
+    inv.accepted_at = now
+    if s.get(SpaceMember, (inv.space_id, user.id)) is None:
+        s.add(SpaceMember(space_id=inv.space_id, user_id=user.id, role=inv.role))
+    s.flush()
+
+
+def decline(s: Session, inv: SpaceInvitation, now: dt.datetime) -> None:
+    _answerable(inv, now)
+    inv.declined_at = now
+
+
+def revoke_invitation(s: Session, space_id: str, invitation_id: str, now: dt.datetime) -> bool:
+    """Withdraw an open invitation of a Space; False if there is none by that id."""
+    inv = _invitation(s, invitation_id)
+    if inv is None or inv.space_id != space_id:
+        return False
+    if invitation_state(inv, now) not in ("pending", "expired"):
+        return False
+    inv.revoked_at = now
     return True
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tether.cloud.web import connect, manage, pages
+from tether.cloud.web import connect, invitations, manage, pages
 from tether.cloud.web.common import STATIC, VENDOR, SecureStatic
 
 
@@ -24,6 +24,9 @@ def routes() -> list[BaseRoute]:
         Route("/signin", pages.signin, methods=post),
         Route("/signout", pages.signout, methods=post),
         Route("/spaces", pages.create_space, methods=post),
+        Route("/invitations", invitations.invitations_page, methods=get),
+        Route("/invitations/{invitation_id}/accept", invitations.accept, methods=post),
+        Route("/invitations/{invitation_id}/decline", invitations.decline, methods=post),
         Route(sp, pages.space_home, methods=get),
         Route(room, pages.room_page, methods=get),
         Route(room + "/nodes.json", pages.room_nodes_json, methods=get),
@@ -38,6 +41,7 @@ def routes() -> list[BaseRoute]:
         Route(sp + "/members", manage.add_member, methods=post),
         Route(member + "/role", manage.change_member, methods=post),
         Route(member + "/remove", manage.remove_member, methods=post),
+        Route(sp + "/invitations/{invitation_id}/revoke", manage.revoke_invitation, methods=post),
         Route(sp + "/rooms", manage.create_room, methods=post),
         Route(room + "/rename", manage.rename_room, methods=post),
         Route(room + "/delete", manage.delete_room, methods=post),

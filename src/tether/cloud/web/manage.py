@@ -1,4 +1,4 @@
-"""Manage Space: members and roles, War Rooms, the claiming token."""
+"""Manage Space: members, invitations and roles, War Rooms, the claiming token."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tether.cloud.models import User
+from tether.cloud.models import User, utcnow
 from tether.cloud.secrets import iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import spaces as space_store
-from tether.cloud.store import users as user_store
 from tether.cloud.web.common import (
     UiError,
     field,
@@ -30,7 +29,9 @@ from tether.cloud.web.common import (
 log = logging.getLogger("tether.cloud.web")
 
 FLASH = {
-    "member-added": "Member added.",
+    "member-invited": "Invitation made. They become a member when they accept it: "
+                      "after signing in with that email, on their home page.",
+    "invitation-revoked": "Invitation withdrawn.",
     "member-changed": "Role changed.",
     "member-removed": "Member removed.",
     "room-created": "War Room created.",
@@ -57,6 +58,12 @@ async def manage_page(request: Request) -> Response:
             for u, r in space_store.members(s, space.id)
         ]
         ctx["roles"] = list(space_store.ROLES)
+        now = utcnow()
+        ctx["invitations"] = [
+            {"id": i.id, "email": i.email, "role": i.role,
+             "state": space_store.invitation_state(i, now), "expires_at": iso(i.expires_at)}
+            for i in (space_store.invitations_of_space(s, space.id) if role == "admin" else [])
+        ]
         token = None
         if role == "admin":  # members and managers never see even the token's prefix
             row = claim_tokens.active(s, space.id)
@@ -77,20 +84,40 @@ def _back(sid: str, done: str) -> Response:
 
 @page
 async def add_member(request: Request) -> Response:
+    """Invite by email: the same answer whether or not the account exists."""
     user = await signed_in(request)
     form = await form_of(request, user)
     sid, email, role = request.path_params["space_id"], field(form, "email"), field(form, "role")
 
-    def add(s: Session) -> None:
+    def invite(s: Session) -> str:
         space, _ = member_space(s, user, sid, "admin")
-        target = user_store.by_email(s, email)
-        if target is None:
-            raise UiError(404, f"No user has the email {email}. Create the account first "
-                               "with `tether-cloud admin create-user`, then add it here.")
-        space_store.set_member(s, space.id, target, role or "member")
+        try:
+            _, inv = space_store.invite(s, space.id, email, role or "member", user.user_id,
+                                        utcnow())
+        except space_store.AlreadyMember as exc:
+            raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") \
+                from None
+        return inv.prefix
 
-    await in_db(request, add, write=True)
-    return _back(sid, "member-added")
+    prefix = await in_db(request, invite, write=True)
+    log.info("invitation %s to space %s made by %s in the UI", prefix, sid, user.email)
+    return _back(sid, "member-invited")
+
+
+@page
+async def revoke_invitation(request: Request) -> Response:
+    user = await signed_in(request)
+    await form_of(request, user)
+    sid, iid = request.path_params["space_id"], request.path_params["invitation_id"]
+
+    def revoke(s: Session) -> None:
+        space, _ = member_space(s, user, sid, "admin")
+        if not space_store.revoke_invitation(s, space.id, iid, utcnow()):
+            raise UiError(404, "That invitation is no longer open (it was answered or "
+                               "withdrawn).")
+
+    await in_db(request, revoke, write=True)
+    return _back(sid, "invitation-revoked")
 
 
 @page

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from tether.cloud import auth
 from tether.cloud.auth import Principal
 from tether.cloud.claim import client_address
+from tether.cloud.errors import ApiError
 from tether.cloud.models import Node, Room, User, utcnow
 from tether.cloud.secrets import aware, iso
 from tether.cloud.store import claim_tokens
@@ -134,27 +135,21 @@ async def signin(request: Request) -> Response:
         return _signin_page(request, "The sign-in form expired; please try again.", 403, email)
     if not email or not isinstance(password, str) or not password:
         return _signin_page(request, "Enter your email and password.", 400, email)
-    limiter = auth.login_limiter(request)
-    address = client_address(request)
-    wait = limiter.retry_after(address)
-    if wait:
-        return _signin_page(
-            request, f"Too many failed sign-ins from your address; try again in {wait} s.",
-            429, email)
-    # The password check (argon2, slow on purpose) runs outside the write lock.
-    user = await in_db(request, lambda s: user_store.authenticate(s, email, password))
-    if user is None:
-        limiter.failed(address)
-        return _signin_page(request, "Wrong email or password.", 401, email)
-    days = request.app.state.settings.session_days
-
-    def start_session(s: Session) -> str:
-        sid, _ = user_store.create_session(s, user, days)
-        return sid
-
-    sid = await in_db(request, start_session, write=True)
+    try:
+        signed = await auth.sign_in(
+            request.app.state.db,
+            auth.login_limits(request.app),
+            email,
+            password,
+            client_address(request),
+            request.app.state.settings.session_days,
+        )
+    except ApiError as exc:  # the same answers as the API: 401, or 429 with Retry-After
+        response = _signin_page(request, exc.message, exc.status, email)
+        response.headers.update(exc.headers)
+        return response
     response = redirect(safe_next(field(form, "next")))
-    auth.set_session_cookie(request, response, sid)
+    auth.set_session_cookie(request, response, signed.sid)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/signin")
     return response
 
@@ -176,6 +171,9 @@ async def signout(request: Request) -> Response:
 @page
 async def home(request: Request) -> Response:
     user = await signed_in(request)
+    # Pending invitations come first: they are answered nowhere else.
+    if await in_db(request, lambda s: space_store.invitations_for(s, user.email, utcnow())):
+        return redirect("/invitations")
     spaces = await in_db(request, lambda s: space_store.spaces_of(s, user.user_id))
     if spaces:
         return redirect(f"/spaces/{spaces[0][0].id}")
