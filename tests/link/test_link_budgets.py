@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
 import sqlalchemy as sa
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -26,6 +27,7 @@ from tests.fixtures.common import poll
 from tests.fixtures.peer import FAST, Link, Peer, link_up, new_key, open_ws
 from tests.link.conftest import link_agent
 from tether.cloud.link_budget import BUDGETS, MAX_DROPS
+from tether.protocol.auth import PasswordReply
 from tether.protocol.frames import (
     AlertTransition,
     Disconnect,
@@ -102,8 +104,12 @@ def alert_events(cloud: Cloud, node_id: str) -> int:
         engine.dispose()
 
 
-async def refused_at_once(peer: Peer) -> InvalidStatus:
-    reply = await asyncio.to_thread(peer.authenticate)
+def challenge_refused(peer: Peer) -> httpx.Response:
+    with peer.cloud.client() as http:
+        return peer.challenge(http)
+
+
+async def upgrade_refused(peer: Peer, reply: PasswordReply) -> InvalidStatus:
     try:
         ws = await open_ws(peer.cloud, reply.link_token, reply.link_url)
     except InvalidStatus as exc:
@@ -131,6 +137,7 @@ def test_error_flood_is_dropped_then_closed_and_a_good_node_keeps_relaying(
         good_link = await link_up(good)
         serving = asyncio.create_task(good_link.serve())
         bad_link = await link_up(bad)
+        spare = await asyncio.to_thread(bad.authenticate)  # a link token for after the close
         stop = threading.Event()
         log_before = cloud.log_file.stat().st_size
         relays = asyncio.create_task(asyncio.to_thread(relay_until, cloud, good.node_id, stop))
@@ -161,8 +168,13 @@ def test_error_flood_is_dropped_then_closed_and_a_good_node_keeps_relaying(
         node = await asyncio.to_thread(bad.node)
         assert node["state_cause"].startswith("closed over budget: dropped error ")
 
-        # Coming back at once is refused for the delay it was given.
-        exc = await refused_at_once(bad)
+        # Coming back at once is refused for the delay it was given: at the
+        # challenge already (no RSA work), and at the upgrade with a token
+        # obtained before the close.
+        r = await asyncio.to_thread(challenge_refused, bad)
+        assert (r.status_code, r.json()["errorMsgKey"]) == (429, "ErrOverBudget")
+        assert 50 <= int(r.headers["Retry-After"]) <= 60
+        exc = await upgrade_refused(bad, spare)
         assert exc.response.status_code == 429
         assert json.loads(exc.response.body)["errorMsgKey"] == "ErrOverBudget"
         assert 50 <= int(exc.response.headers["Retry-After"]) <= 60

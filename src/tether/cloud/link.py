@@ -713,6 +713,21 @@ class LinkService:
             if node_id not in self.links and budget.forgettable():
                 del self.budgets[node_id]
 
+    def over_budget_refusal(self, node_id: str) -> tuple[int, JSONResponse] | None:
+        """For a node closed over budget that may not link yet: the seconds to
+        wait and the 429 to answer (at the challenge and at the upgrade)."""
+        budget = self.budgets.get(node_id)
+        wait = budget.retry_after() if budget is not None else 0
+        if not wait:
+            return None
+        return wait, error_response(
+            429,
+            "ErrOverBudget",
+            "This node's link was closed because it sent more frames than the Cloud "
+            f"accepts (see docs/protocol.md, budgets); reconnect after {wait} s.",
+            {"Retry-After": str(wait)},
+        )
+
     def _budget(self, node_id: str) -> LinkBudget:
         budget = self.budgets.get(node_id)
         if budget is None:
@@ -849,8 +864,9 @@ class LinkService:
                 )
             )
             return
-        wait = self._budget(node_id).retry_after()
-        if wait:
+        refusal = self.over_budget_refusal(node_id)
+        if refusal is not None:
+            wait, answer = refusal
             self._log(
                 logging.WARNING,
                 node_id,
@@ -859,15 +875,7 @@ class LinkService:
                 address,
                 wait,
             )
-            await ws.send_denial_response(
-                error_response(
-                    429,
-                    "ErrOverBudget",
-                    "This node's link was closed because it sent more frames than the Cloud "
-                    f"accepts (see docs/protocol.md, budgets); reconnect after {wait} s.",
-                    {"Retry-After": str(wait)},
-                )
-            )
+            await ws.send_denial_response(answer)
             return
         await ws.accept()
         conn = LinkConnection(Role.CLOUD)

@@ -48,7 +48,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from sqlalchemy import delete, select, update
@@ -65,6 +65,9 @@ from tether.cloud.db import Database
 from tether.cloud.errors import error_response
 from tether.cloud.models import LinkToken, Node, NodeChallenge, new_id, utcnow
 from tether.cloud.settings import CloudSettings
+
+if TYPE_CHECKING:  # link.py imports this module
+    from tether.cloud.link import LinkService
 from tether.protocol import auth
 
 log = logging.getLogger("tether.cloud.node_auth")
@@ -516,6 +519,11 @@ async def challenge(request: Request) -> Response:
     refused = limiter.admit(call.key) or limiter.may_challenge(call.node_id, call.key)
     if refused is not None:
         return _error(request, refused, call, "challenge")
+    # A node closed over budget is refused here already, before any RSA work.
+    links: LinkService = request.app.state.links
+    over_budget = links.over_budget_refusal(call.node_id)
+    if over_budget is not None:
+        return over_budget[1]
     settings: CloudSettings = request.app.state.settings
     ttl = min(59.0, settings.challenge_ttl_seconds)
     memory = one_time_secrets(request)
