@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.cloud.helpers import claim_body
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.peer import FAST, Peer, link_up
@@ -135,14 +136,6 @@ def test_database_outage_answers_503_logs_once_and_recovers(
 
 
 # -- in-process: the outage bookkeeping with a fake clock ------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_outage_is_logged_once_and_its_end_once() -> None:

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
+from tests.fixtures.clock import FakeClock
 from tether.cloud.limits import Budget, LogLimiter, TokenBucket, Window, address_key
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_window_counts_attempts_when_they_start_and_frees_after_the_window() -> None:

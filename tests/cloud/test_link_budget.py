@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.fixtures.clock import FakeClock
 from tether.cloud.link_budget import (
     BUDGETS,
     MAX_DROPS,
@@ -11,14 +12,6 @@ from tether.cloud.link_budget import (
     Verdict,
 )
 from tether.protocol.link import CLOSE_OVER_BUDGET, OVER_BUDGET_RECONNECT_SECONDS, describe_close
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_burst_passes_then_frames_are_dropped_and_counted_then_the_link_closes() -> None:

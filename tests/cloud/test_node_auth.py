@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import update
 
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.peer import new_key
 from tether.cloud import node_auth
 from tether.cloud.db import Database, migrate
 from tether.cloud.models import Node, NodeChallenge, User
@@ -28,26 +28,9 @@ from tether.protocol import auth
 TTL = 50.0
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def key() -> tuple[bytes, bytes]:
-    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = k.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = k.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public
+    return new_key()
 
 
 # -- the two stores behind one face ------------------------------------------------

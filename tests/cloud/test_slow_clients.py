@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.peer import FAST, Link, Peer, link_up
 from tether.cloud.http_timeouts import Unfinished
@@ -23,16 +24,8 @@ from tether.cloud.http_timeouts import Unfinished
 # -- the bookkeeping, with a fake clock ---------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_head_or_body_past_its_timeout_is_due_and_only_then() -> None:
-    clock = Clock()
+    clock = FakeClock()
     u: Unfinished[str] = Unfinished(10, 20, 100, clock)
     u.head("a")
     clock.now += 5
@@ -51,7 +44,7 @@ def test_a_head_or_body_past_its_timeout_is_due_and_only_then() -> None:
 
 
 def test_a_finished_request_is_not_timed_and_the_next_one_starts_afresh() -> None:
-    clock = Clock()
+    clock = FakeClock()
     u: Unfinished[str] = Unfinished(10, 20, 100, clock)
     u.head("a")
     u.body("a")
@@ -66,7 +59,7 @@ def test_a_finished_request_is_not_timed_and_the_next_one_starts_afresh() -> Non
 
 
 def test_past_the_cap_the_oldest_unfinished_connection_is_closed() -> None:
-    clock = Clock()
+    clock = FakeClock()
     u: Unfinished[str] = Unfinished(10, 20, 3, clock)
     assert u.head("a") == []
     clock.now += 1
