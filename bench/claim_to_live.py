@@ -40,8 +40,9 @@ class Poller:
         self.conn = self._connect()
 
     def _connect(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("127.0.0.1", self.cloud.port,
-                                           context=self.cloud.ssl_context(), timeout=10)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.cloud.port, context=self.cloud.ssl_context(), timeout=10
+        )
 
     def state(self, node_id: str) -> str | None:
         try:
@@ -53,8 +54,11 @@ class Poller:
             return self._state(node_id)
 
     def _state(self, node_id: str) -> str | None:
-        self.conn.request("GET", f"/api/v1/spaces/{self.cloud.space_id}/nodes/{node_id}",
-                          headers={"Authorization": f"Bearer {self.cloud.api_token}"})
+        self.conn.request(
+            "GET",
+            f"/api/v1/spaces/{self.cloud.space_id}/nodes/{node_id}",
+            headers={"Authorization": f"Bearer {self.cloud.api_token}"},
+        )
         r = self.conn.getresponse()
         body = r.read()
         return str(json.loads(body)["state"]) if r.status == 200 else None
@@ -70,7 +74,9 @@ def start_agent(prefix: Path, ca_file: str) -> tuple[subprocess.Popen[bytes], Ag
     port = harness.free_port()
     proc = subprocess.Popen(
         [str(harness.BIN / "tether-agent"), "-D", "--prefix", str(prefix), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=harness.clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=harness.clean_env(),
     )
     return proc, paths, port
 
@@ -98,11 +104,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--claims", type=int, default=50, help="claims to time (default 50)")
-    ap.add_argument("--batch", type=int, default=5,
-                    help="agents started together before their claims (default 5)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=5,
+        help="agents started together before their claims (default 5)",
+    )
     a = ap.parse_args()
     harness.raise_nofile()
     print(f"machine: {harness.machine()}")
@@ -137,8 +148,10 @@ def main() -> int:
             cloud.stop()
 
     def line(name: str, v: list[float]) -> str:
-        return (f"  {name:<36} p50 {harness.ms(harness.percentile(v, 50)):>11}   "
-                f"p99 {harness.ms(harness.percentile(v, 99)):>11}   max {harness.ms(max(v))}")
+        return (
+            f"  {name:<36} p50 {harness.ms(harness.percentile(v, 50)):>11}   "
+            f"p99 {harness.ms(harness.percentile(v, 99)):>11}   max {harness.ms(max(v))}"
+        )
 
     print(f"\nclaim to live over {len(totals)} claims (real tether-claim, real agents):")
     print(line("tether-claim start -> live", totals))
@@ -154,9 +167,19 @@ def time_one(cloud: harness.Cloud, paths: AgentPaths, poller: Poller) -> tuple[f
     """(start -> live, start -> tether-claim exit) in seconds."""
     t0 = time.monotonic()
     out = subprocess.run(
-        [str(harness.BIN / "tether-claim"), "--prefix", str(paths.prefix),
-         f"-token={cloud.claim_token}", f"-rooms={cloud.room_ids[1]}", f"-url={cloud.url}"],
-        capture_output=True, text=True, env=harness.clean_env(), timeout=60, check=False,
+        [
+            str(harness.BIN / "tether-claim"),
+            "--prefix",
+            str(paths.prefix),
+            f"-token={cloud.claim_token}",
+            f"-rooms={cloud.room_ids[1]}",
+            f"-url={cloud.url}",
+        ],
+        capture_output=True,
+        text=True,
+        env=harness.clean_env(),
+        timeout=60,
+        check=False,
     )
     t_claim = time.monotonic() - t0
     if out.returncode != 0:

@@ -79,27 +79,41 @@ class Cloud:
         t0 = time.monotonic()
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "tether-cloud"), "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--data-dir", str(self.data_dir), *self._db_args()],
-                stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
+                [
+                    str(BIN / "tether-cloud"),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    *self._db_args(),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
             )
         ctx = self.ssl_context()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise SystemExit(f"tether-cloud serve exited with {self.proc.returncode}:\n"
-                                 f"{self.log_tail()}")
+                raise SystemExit(
+                    f"tether-cloud serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw, \
-                        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                    tls.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n"
-                                b"Connection: close\r\n\r\n")
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+                ):
+                    tls.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     if tls.recv(64).startswith(b"HTTP/1.1 200"):
                         return time.monotonic() - t0
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise SystemExit(f"tether-cloud serve did not answer in {timeout:.0f} s:\n"
-                         f"{self.log_tail()}")
+        raise SystemExit(
+            f"tether-cloud serve did not answer in {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 30.0) -> float:
         """SIGTERM, SIGKILL after `timeout`; return the seconds the stop took."""
@@ -128,23 +142,45 @@ class Cloud:
         return float(t.user + t.system)
 
 
-def prepare_cloud(data_dir: Path, port: int | None = None,
-                  database_url: str | None = None) -> Cloud:
+def prepare_cloud(
+    data_dir: Path, port: int | None = None, database_url: str | None = None
+) -> Cloud:
     """`tether-cloud quickstart --no-serve --json`: admin, Space, rooms, tokens, CA."""
     port = port or free_port()
     db = ["--database-url", database_url] if database_url else []
     out = subprocess.run(
-        [str(BIN / "tether-cloud"), "quickstart", "--no-serve", "--json", "--host", "127.0.0.1",
-         "--port", str(port), "--data-dir", str(data_dir), *db],
-        capture_output=True, text=True, env=clean_env(), timeout=120, check=False,
+        [
+            str(BIN / "tether-cloud"),
+            "quickstart",
+            "--no-serve",
+            "--json",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            *db,
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
     )
     if out.returncode != 0:
         raise SystemExit(f"tether-cloud quickstart failed ({out.returncode}):\n{out.stderr}")
     info: dict[str, Any] = json.loads(out.stdout.splitlines()[0])
     return Cloud(
-        data_dir=data_dir, port=port, url=info["url"], ca_file=info["ca_file"],
-        api_token=info["api_token"], claim_token=info["claim_token"],
-        space_id=info["space_id"], room_ids=info["room_ids"], database_url=database_url,
+        data_dir=data_dir,
+        port=port,
+        url=info["url"],
+        ca_file=info["ca_file"],
+        api_token=info["api_token"],
+        claim_token=info["claim_token"],
+        space_id=info["space_id"],
+        room_ids=info["room_ids"],
+        database_url=database_url,
         log_file=data_dir / "cloud.log",
     )
 
@@ -177,9 +213,11 @@ def machine() -> str:
         pass
     mem = psutil.virtual_memory().total / 2**30
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, {platform.system()} {platform.release()}; "
-            f"load average now {load}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"load average now {load}"
+    )
 
 
 class Simulator:
@@ -191,10 +229,24 @@ class Simulator:
 
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("simulator.py")), "--url", cloud.url,
-             "--ca", cloud.ca_file, "--token", cloud.claim_token, "--rooms", cloud.room_ids[0],
-             "-n", str(nodes), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(),
+            [
+                sys.executable,
+                str(Path(__file__).with_name("simulator.py")),
+                "--url",
+                cloud.url,
+                "--ca",
+                cloud.ca_file,
+                "--token",
+                cloud.claim_token,
+                "--rooms",
+                cloud.room_ids[0],
+                "-n",
+                str(nodes),
+                *extra,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=clean_env(),
         )
         out = self.proc.stdout
         assert out is not None
@@ -215,8 +267,9 @@ class Simulator:
             try:
                 msg = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
-                raise SystemExit(f"the simulator sent no {event!r} within {timeout:.0f} s") \
-                    from None
+                raise SystemExit(
+                    f"the simulator sent no {event!r} within {timeout:.0f} s"
+                ) from None
             if msg["event"] == event:
                 return msg
             if msg["event"] in ("exit", "claim_failed"):
@@ -248,11 +301,15 @@ def count_live(cloud: Cloud) -> dict[str, int]:
     import collections
     import http.client
 
-    conn = http.client.HTTPSConnection("127.0.0.1", cloud.port, context=cloud.ssl_context(),
-                                       timeout=30)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", cloud.port, context=cloud.ssl_context(), timeout=30
+    )
     try:
-        conn.request("GET", f"/api/v1/spaces/{cloud.space_id}/nodes",
-                     headers={"Authorization": f"Bearer {cloud.api_token}"})
+        conn.request(
+            "GET",
+            f"/api/v1/spaces/{cloud.space_id}/nodes",
+            headers={"Authorization": f"Bearer {cloud.api_token}"},
+        )
         r = conn.getresponse()
         body = r.read()
         if r.status != 200:

@@ -33,17 +33,26 @@ def run_one(n: int, idle_seconds: float, concurrency: int) -> dict[str, float]:
         try:
             keys = sim.wait("keys", 1800)
             if keys["generated"]:
-                print(f"  (generated and cached {keys['generated']} RSA keys "
-                      f"in {keys['seconds']:.0f} s)")
+                print(
+                    f"  (generated and cached {keys['generated']} RSA keys "
+                    f"in {keys['seconds']:.0f} s)"
+                )
             claimed = sim.wait("claimed", 600)
-            print(f"  claimed {n} nodes in {claimed['seconds']:.1f} s "
-                  f"({n / claimed['seconds']:.0f} claims/s)")
+            print(
+                f"  claimed {n} nodes in {claimed['seconds']:.1f} s "
+                f"({n / claimed['seconds']:.0f} claims/s)"
+            )
             time.sleep(3)
             base_rss = cloud.rss()
             setup_cpu0, sim_setup0 = cloud.cpu_seconds(), _cpu(sim.pid)
             sim.send("go")
-            linked = sim.wait("linked", 900, on=lambda m: print(
-                f"    {m['linked']} linked after {m['seconds']:.0f} s", flush=True))
+            linked = sim.wait(
+                "linked",
+                900,
+                on=lambda m: print(
+                    f"    {m['linked']} linked after {m['seconds']:.0f} s", flush=True
+                ),
+            )
             setup_cpu = cloud.cpu_seconds() - setup_cpu0
             sim_setup = _cpu(sim.pid) - sim_setup0
             time.sleep(5)  # let handshake buffers go back to the allocator
@@ -62,25 +71,43 @@ def run_one(n: int, idle_seconds: float, concurrency: int) -> dict[str, float]:
     held = report["linked"]
     per_link = (rss - base_rss) / max(1, held)
     if linked["stopped"]:
-        print(f"  !! {linked['stopped']} of {n} nodes were told to stop for good while linking "
-              f"(close codes seen: {linked['closes']}): the Cloud closed live links as removed")
-    print(f"  Cloud says: {states}; links still up after the idle period: "
-          f"{held}/{n}; drops: {len(report['drops'])}")
-    print(f"  time until all {n} were linked (or stopped): {linked['seconds']:.1f} s "
-          f"({n / linked['seconds']:.0f} links/s, {concurrency} connecting at once); Cloud CPU "
-          f"per link set up (challenge, answer, WSS, Hello): {setup_cpu / n * 1000:.1f} ms "
-          f"(design floor for 2 TLS connections: about 2.2 ms); the simulator's CPU per link "
-          f"(RSA decrypt, 2 TLS client handshakes): {sim_setup / n * 1000:.1f} ms")
-    print(f"  Cloud RSS: {harness.mb(base_rss)} before links, {harness.mb(rss)} with {held} "
-          f"links: {per_link / 1e3:.1f} KB per link (design floor {FLOOR_KB_PER_LINK:.0f} KB, "
-          f"ratio {per_link / 1e3 / FLOOR_KB_PER_LINK:.2f})")
+        print(
+            f"  !! {linked['stopped']} of {n} nodes were told to stop for good while linking "
+            f"(close codes seen: {linked['closes']}): the Cloud closed live links as removed"
+        )
+    print(
+        f"  Cloud says: {states}; links still up after the idle period: "
+        f"{held}/{n}; drops: {len(report['drops'])}"
+    )
+    print(
+        f"  time until all {n} were linked (or stopped): {linked['seconds']:.1f} s "
+        f"({n / linked['seconds']:.0f} links/s, {concurrency} connecting at once); Cloud CPU "
+        f"per link set up (challenge, answer, WSS, Hello): {setup_cpu / n * 1000:.1f} ms "
+        f"(design floor for 2 TLS connections: about 2.2 ms); the simulator's CPU per link "
+        f"(RSA decrypt, 2 TLS client handshakes): {sim_setup / n * 1000:.1f} ms"
+    )
+    print(
+        f"  Cloud RSS: {harness.mb(base_rss)} before links, {harness.mb(rss)} with {held} "
+        f"links: {per_link / 1e3:.1f} KB per link (design floor {FLOOR_KB_PER_LINK:.0f} KB, "
+        f"ratio {per_link / 1e3 / FLOOR_KB_PER_LINK:.2f})"
+    )
     floor_cpu = FLOOR_CPU_PER_10K * n / 10_000
-    print(f"  Cloud idle CPU over {elapsed:.0f} s: {cpu:.2f} % of a core "
-          f"(design floor scaled to {n} links: {floor_cpu:.2f} %); simulator: {sim_cpu:.2f} %")
-    return {"n": n, "rss": rss, "base": base_rss, "per_link": per_link, "cpu": cpu,
-            "link_seconds": linked["seconds"], "live": states.get("live", 0),
-            "stopped": linked["stopped"], "setup_ms": setup_cpu / n * 1000,
-            "sim_setup_ms": sim_setup / n * 1000}
+    print(
+        f"  Cloud idle CPU over {elapsed:.0f} s: {cpu:.2f} % of a core "
+        f"(design floor scaled to {n} links: {floor_cpu:.2f} %); simulator: {sim_cpu:.2f} %"
+    )
+    return {
+        "n": n,
+        "rss": rss,
+        "base": base_rss,
+        "per_link": per_link,
+        "cpu": cpu,
+        "link_seconds": linked["seconds"],
+        "live": states.get("live", 0),
+        "stopped": linked["stopped"],
+        "setup_ms": setup_cpu / n * 1000,
+        "sim_setup_ms": sim_setup / n * 1000,
+    }
 
 
 def _cpu(pid: int) -> float:
@@ -91,14 +118,22 @@ def _cpu(pid: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--links", type=int, nargs="+", default=[1000, 5000],
-                    help="fleet sizes, one fresh Cloud each (default 1000 5000)")
-    ap.add_argument("--idle-seconds", type=float, default=30.0,
-                    help="idle CPU measurement window (default 30)")
-    ap.add_argument("--concurrency", type=int, default=50,
-                    help="links the simulator opens at once (default 50)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--links",
+        type=int,
+        nargs="+",
+        default=[1000, 5000],
+        help="fleet sizes, one fresh Cloud each (default 1000 5000)",
+    )
+    ap.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="idle CPU measurement window (default 30)"
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=50, help="links the simulator opens at once (default 50)"
+    )
     a = ap.parse_args()
     harness.raise_nofile()
     print(f"machine: {harness.machine()}")
@@ -106,13 +141,17 @@ def main() -> int:
     for n in a.links:
         print(f"== {n} idle links", flush=True)
         rows.append(run_one(n, a.idle_seconds, a.concurrency))
-    print("\n| links | live | stopped (4003) | Cloud RSS | per link | idle CPU | time to link "
-          "| Cloud CPU per link setup | simulator CPU per link setup |")
+    print(
+        "\n| links | live | stopped (4003) | Cloud RSS | per link | idle CPU | time to link "
+        "| Cloud CPU per link setup | simulator CPU per link setup |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['live']:,} | {r['stopped']:,} | {harness.mb(r['rss'])} | "
-              f"{r['per_link'] / 1e3:.1f} KB | {r['cpu']:.2f} % | {r['link_seconds']:.1f} s | "
-              f"{r['setup_ms']:.1f} ms | {r['sim_setup_ms']:.1f} ms |")
+        print(
+            f"| {r['n']:,} | {r['live']:,} | {r['stopped']:,} | {harness.mb(r['rss'])} | "
+            f"{r['per_link'] / 1e3:.1f} KB | {r['cpu']:.2f} % | {r['link_seconds']:.1f} s | "
+            f"{r['setup_ms']:.1f} ms | {r['sim_setup_ms']:.1f} ms |"
+        )
     return 0
 
 

@@ -29,8 +29,9 @@ class Reply:
 class HttpConnection:
     """One keep-alive connection to `base_url` (http or https)."""
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0
+    ) -> None:
         u = urlsplit(base_url)
         self.secure = u.scheme == "https"
         self.host = u.hostname or "127.0.0.1"
@@ -43,8 +44,7 @@ class HttpConnection:
 
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.ssl_context,
-                                    limit=1 << 22),
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl_context, limit=1 << 22),
             self.timeout,
         )
 
@@ -55,19 +55,22 @@ class HttpConnection:
                 await self._writer.wait_closed()
         self._reader = self._writer = None
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> Reply:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Reply:
         if self._writer is None:
             await self.connect()
         try:
-            return await asyncio.wait_for(self._exchange(method, path, body, headers or {}),
-                                          self.timeout)
+            return await asyncio.wait_for(
+                self._exchange(method, path, body, headers or {}), self.timeout
+            )
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             await self.close()
             raise HttpError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
 
-    async def _exchange(self, method: str, path: str, body: bytes,
-                        headers: dict[str, str]) -> Reply:
+    async def _exchange(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> Reply:
         assert self._reader is not None and self._writer is not None
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]

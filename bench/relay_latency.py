@@ -49,8 +49,13 @@ def relay_path(node_id: str, api_path: str) -> str:
     return f"/api/v2/nodes/{node_id}{api_path}"
 
 
-async def load(make: Callable[[], HttpConnection], path: str, headers: dict[str, str],
-               inflight: int, total: int) -> tuple[list[float], float]:
+async def load(
+    make: Callable[[], HttpConnection],
+    path: str,
+    headers: dict[str, str],
+    inflight: int,
+    total: int,
+) -> tuple[list[float], float]:
     """`total` requests over `inflight` connections; (latencies, requests/s)."""
     conns = [make() for _ in range(inflight)]
     for c in conns:
@@ -86,8 +91,9 @@ def _cpu(pid: int) -> float:
     return float(t.user + t.system)
 
 
-async def measure(cloud: harness.Cloud, agent_url: str, agent_pid: int, node_id: str,
-                  api_path: str, total: int) -> list[tuple[int, str, list[float], float, float]]:
+async def measure(
+    cloud: harness.Cloud, agent_url: str, agent_pid: int, node_id: str, api_path: str, total: int
+) -> list[tuple[int, str, list[float], float, float]]:
     ctx = cloud.ssl_context()
     auth = {"Authorization": f"Bearer {cloud.api_token}"}
     rows = []
@@ -108,12 +114,20 @@ async def measure(cloud: harness.Cloud, agent_url: str, agent_pid: int, node_id:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000,
-                    help="requests at 1 in flight (4x that at 32 in flight; default 2000)")
-    ap.add_argument("--path", default="/api/v1/info",
-                    help="agent API path (and query) to request (default /api/v1/info)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="requests at 1 in flight (4x that at 32 in flight; default 2000)",
+    )
+    ap.add_argument(
+        "--path",
+        default="/api/v1/info",
+        help="agent API path (and query) to request (default /api/v1/info)",
+    )
     a = ap.parse_args()
     harness.raise_nofile()
     print(f"machine: {harness.machine()}")
@@ -132,8 +146,11 @@ def main() -> int:
             except ImportError:
                 runner = asyncio.Runner()
             with runner:
-                rows = runner.run(measure(cloud, f"http://127.0.0.1:{port}", proc.pid,
-                                          node_id, a.path, a.requests))
+                rows = runner.run(
+                    measure(
+                        cloud, f"http://127.0.0.1:{port}", proc.pid, node_id, a.path, a.requests
+                    )
+                )
         finally:
             c2l.stop(proc)
             cloud.stop()
@@ -143,8 +160,10 @@ def main() -> int:
         "cloud": "Cloud API GET /api/v1/me (HTTPS + token check + its query, no link)",
         "relay": f"relay: GET /api/v2/nodes/ID{a.path}",
     }
-    print("\n| in flight | request | p50 | p99 | req/s | p50 over direct | CPU per request "
-          "(Cloud + agent) |")
+    print(
+        "\n| in flight | request | p50 | p99 | req/s | p50 over direct | CPU per request "
+        "(Cloud + agent) |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     direct: dict[int, float] = {}
     relay: dict[int, float] = {}
@@ -159,16 +178,20 @@ def main() -> int:
         over = p(lat, 50) - direct[inflight]
         ratio = p(lat, 50) / direct[inflight]
         extra = "" if name == "direct" else f"+{harness.ms(over)} ({ratio:.1f}x)"
-        print(f"| {inflight} | {label[name]} | {harness.ms(p(lat, 50))} | "
-              f"{harness.ms(p(lat, 99))} | {rps:,.0f} | {extra} | {harness.ms(cpu)} |")
+        print(
+            f"| {inflight} | {label[name]} | {harness.ms(p(lat, 50))} | "
+            f"{harness.ms(p(lat, 99))} | {rps:,.0f} | {extra} | {harness.ms(cpu)} |"
+        )
     over1 = relay[1] - direct[1]
     verdict = "met" if over1 < TARGET_OVERHEAD_P50 else "MISSED"
     print(f"target relay overhead < 5 ms p50 at 1 in flight: {verdict} ({harness.ms(over1)})")
     rps32, p99_32 = relay32
     verdict = "met" if rps32 >= FLOOR_RPS_32 and p99_32 <= FLOOR_P99_32 else "MISSED"
-    print(f"floor at 32 in flight (>= {FLOOR_RPS_32:,} relays/s, p99 <= "
-          f"{harness.ms(FLOOR_P99_32)}): {verdict} ({rps32:,.0f}/s, p99 {harness.ms(p99_32)}); "
-          "latency depends on the machine's other load: check the load average above")
+    print(
+        f"floor at 32 in flight (>= {FLOOR_RPS_32:,} relays/s, p99 <= "
+        f"{harness.ms(FLOOR_P99_32)}): {verdict} ({rps32:,.0f}/s, p99 {harness.ms(p99_32)}); "
+        "latency depends on the machine's other load: check the load average above"
+    )
     return 0
 
 

@@ -83,9 +83,11 @@ def out(event: str, **fields: Any) -> None:
 
 def _generate_one(_: int) -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM,
-                             serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
 
 
 def load_keys(n: int, key_file: Path = KEY_FILE) -> tuple[list[rsa.RSAPrivateKey], int]:
@@ -158,17 +160,30 @@ class Fleet:
         return len(failures)
 
     async def claim(self, conn: HttpConnection, i: int) -> str | None:
-        pub = self.keys[i].public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        body = json.dumps({
-            "node": {"id": self.ids[i], "hostname": f"sim-{i:05d}"},
-            "token": self.a.token, "rooms": self.a.rooms.split(",") if self.a.rooms else [],
-            "publicKey": pub.decode(), "mGUID": self.ids[i],
-        }).encode()
+        pub = (
+            self.keys[i]
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        body = json.dumps(
+            {
+                "node": {"id": self.ids[i], "hostname": f"sim-{i:05d}"},
+                "token": self.a.token,
+                "rooms": self.a.rooms.split(",") if self.a.rooms else [],
+                "publicKey": pub.decode(),
+                "mGUID": self.ids[i],
+            }
+        ).encode()
         for _ in range(3):
             try:
-                r = await conn.request("PUT", f"/api/v1/spaces/nodes/{self.ids[i]}", body,
-                                       {"Content-Type": "application/json"})
+                r = await conn.request(
+                    "PUT",
+                    f"/api/v1/spaces/nodes/{self.ids[i]}",
+                    body,
+                    {"Content-Type": "application/json"},
+                )
             except HttpError as exc:
                 err = str(exc)
                 continue
@@ -199,7 +214,8 @@ class Fleet:
             except Exception as exc:  # every fault is counted, then backed off
                 self.errors[_short(exc)] += 1
                 terminal = isinstance(exc, _Terminal) or (
-                    isinstance(exc, InvalidStatus) and exc.response.status_code in (403, 404))
+                    isinstance(exc, InvalidStatus) and exc.response.status_code in (403, 404)
+                )
                 if terminal:  # like the agent: stop retrying, say so
                     self.stopped.add(i)
                     self._check_done()
@@ -221,8 +237,9 @@ class Fleet:
             challenge = msgspec.json.decode(r.body, type=auth.ChallengeReply)
             answer = self.keys[i].decrypt(auth.b64decode(challenge.challenge), OAEP)
             body = msgspec.json.encode(auth.PasswordRequest(response=auth.b64encode(answer)))
-            r = await conn.request("POST", auth.password_path(node_id), body,
-                                   {"Content-Type": "application/json"})
+            r = await conn.request(
+                "POST", auth.password_path(node_id), body, {"Content-Type": "application/json"}
+            )
             if r.status != 200:
                 raise RuntimeError(f"password HTTP {r.status}")
             reply = msgspec.json.decode(r.body, type=auth.PasswordReply)
@@ -232,11 +249,16 @@ class Fleet:
         backoff.max_seconds = max(backoff.base_seconds, reply.backoff.max_seconds)
         keepalive = max(1.0, reply.keepalive_seconds)
         ws = await connect(
-            reply.link_url, ssl=self.ssl, proxy=None, compression=None,
+            reply.link_url,
+            ssl=self.ssl,
+            proxy=None,
+            compression=None,
             additional_headers={"Authorization": f"Bearer {reply.link_token}"},
             ping_interval=keepalive if self.a.client_pings else None,
             ping_timeout=keepalive if self.a.client_pings else None,
-            max_size=MAX_FRAME_SIZE, open_timeout=60, user_agent_header="tether-sim",
+            max_size=MAX_FRAME_SIZE,
+            open_timeout=60,
+            user_agent_header="tether-sim",
         )
         return ws
 
@@ -244,10 +266,18 @@ class Fleet:
         """Hello, then answer queries until the link closes; the Cloud's delay hint."""
         link = LinkConnection(Role.AGENT)
         hint: float | None = None
-        await ws.send(link.send(Hello(
-            agent_version="sim", hostname=f"sim-{i:05d}", os="linux",
-            machine_guid=self.ids[i], machine_id=f"sim-machine-{i}", boot_id="sim-boot",
-        )))
+        await ws.send(
+            link.send(
+                Hello(
+                    agent_version="sim",
+                    hostname=f"sim-{i:05d}",
+                    os="linux",
+                    machine_guid=self.ids[i],
+                    machine_id=f"sim-machine-{i}",
+                    boot_id="sim-boot",
+                )
+            )
+        )
         try:
             async for data in ws:
                 if isinstance(data, str):
@@ -262,8 +292,9 @@ class Fleet:
                         self.on_linked(i)
                     elif isinstance(frame, QueryRequest):
                         self.queries += 1
-                        await ws.send(link.send(
-                            make_response(frame.id, 200, "application/json", self.body)))
+                        await ws.send(
+                            link.send(make_response(frame.id, 200, "application/json", self.body))
+                        )
                     elif isinstance(frame, Disconnect):
                         hint = frame.reconnect_after_seconds
                     elif isinstance(frame, Reload):
@@ -294,10 +325,15 @@ class Fleet:
 
     def report(self) -> dict[str, Any]:
         return {
-            "nodes": len(self.keys), "linked": len(self.linked), "stopped": len(self.stopped),
+            "nodes": len(self.keys),
+            "linked": len(self.linked),
+            "stopped": len(self.stopped),
             "queries": self.queries,
-            "connects": self.connects, "drops": self.drops, "delays": self.delays,
-            "closes": dict(self.closes), "errors": dict(self.errors.most_common(8)),
+            "connects": self.connects,
+            "drops": self.drops,
+            "delays": self.delays,
+            "closes": dict(self.closes),
+            "errors": dict(self.errors.most_common(8)),
         }
 
     def mark(self) -> None:
@@ -324,9 +360,13 @@ async def progress(fleet: Fleet, started: float) -> None:
         await asyncio.sleep(1.0)
         if len(fleet.linked) != last:
             last = len(fleet.linked)
-            out("progress", linked=last, stopped=len(fleet.stopped),
+            out(
+                "progress",
+                linked=last,
+                stopped=len(fleet.stopped),
                 seconds=round(time.monotonic() - started, 2),
-                errors=dict(fleet.errors.most_common(3)))
+                errors=dict(fleet.errors.most_common(3)),
+            )
 
 
 async def commands(fleet: Fleet, go: asyncio.Event) -> None:
@@ -359,8 +399,9 @@ async def amain(a: argparse.Namespace) -> int:
     go = asyncio.Event()
     cmd = asyncio.create_task(commands(fleet, go))
     if a.wait_go:
-        await asyncio.wait([cmd, asyncio.create_task(go.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [cmd, asyncio.create_task(go.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
         if cmd.done():
             return 0
     t0 = time.monotonic()
@@ -369,9 +410,14 @@ async def amain(a: argparse.Namespace) -> int:
     linked = asyncio.create_task(fleet.all_linked.wait())
     await asyncio.wait([cmd, linked], return_when=asyncio.FIRST_COMPLETED)
     if linked.done():
-        out("linked", n=len(fleet.linked), stopped=len(fleet.stopped),
-            seconds=round(time.monotonic() - t0, 3), errors=dict(fleet.errors),
-            closes=dict(fleet.closes))
+        out(
+            "linked",
+            n=len(fleet.linked),
+            stopped=len(fleet.stopped),
+            seconds=round(time.monotonic() - t0, 3),
+            errors=dict(fleet.errors),
+            closes=dict(fleet.closes),
+        )
         fleet.first_linked = len(fleet.linked)
         await cmd
     for t in [*tasks, prog, linked]:
@@ -381,30 +427,47 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--url", required=True, help="the Cloud's URL, e.g. https://127.0.0.1:19443")
     ap.add_argument("--ca", required=True, help="the Cloud's CA file (quickstart's ca_file)")
     ap.add_argument("--token", required=True, help="the Space's claiming token")
     ap.add_argument("--rooms", default="", help="comma-separated War Room ids")
     ap.add_argument("-n", "--nodes", type=int, default=100, help="simulated nodes (default 100)")
-    ap.add_argument("--concurrency", type=int, default=50,
-                    help="first connections in flight at once (default 50; reconnects are "
-                         "paced only by each node's own backoff, like real agents)")
-    ap.add_argument("--claim-concurrency", type=int, default=8,
-                    help="claim requests in flight at once (default 8)")
-    ap.add_argument("--no-client-pings", dest="client_pings", action="store_false",
-                    help="do not ping from the node side (the real agent pings every keepalive)")
-    ap.add_argument("--wait-go", action="store_true",
-                    help="after claiming, wait for `go` on stdin before linking")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=50,
+        help="first connections in flight at once (default 50; reconnects are "
+        "paced only by each node's own backoff, like real agents)",
+    )
+    ap.add_argument(
+        "--claim-concurrency",
+        type=int,
+        default=8,
+        help="claim requests in flight at once (default 8)",
+    )
+    ap.add_argument(
+        "--no-client-pings",
+        dest="client_pings",
+        action="store_false",
+        help="do not ping from the node side (the real agent pings every keepalive)",
+    )
+    ap.add_argument(
+        "--wait-go",
+        action="store_true",
+        help="after claiming, wait for `go` on stdin before linking",
+    )
     a = ap.parse_args()
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if a.nodes + 100 > hard:
-        ap.error(f"{a.nodes} links need more than the open-files limit ({hard}): run several "
-                 "simulators")
+        ap.error(
+            f"{a.nodes} links need more than the open-files limit ({hard}): run several simulators"
+        )
     try:
         import uvloop
 

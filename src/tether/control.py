@@ -47,8 +47,7 @@ def send_command(socket_path: Path, command: str, timeout: float = 10.0) -> Cont
             ) from exc
         except PermissionError as exc:
             raise AgentNotRunning(
-                f"permission denied on {socket_path}: run this as root or as the "
-                "agent's user"
+                f"permission denied on {socket_path}: run this as root or as the agent's user"
             ) from exc
         sock.sendall(command.strip().encode() + b"\n")
         chunks = []

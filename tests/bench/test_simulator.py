@@ -23,10 +23,25 @@ def test_simulated_fleet_links_and_answers(start_cloud: Callable[..., Cloud]) ->
     cloud = start_cloud()
     assert cloud.ca_file
     proc = subprocess.Popen(
-        [sys.executable, str(SIMULATOR), "--url", cloud.url, "--ca", cloud.ca_file,
-         "--token", cloud.claim_token, "--rooms", cloud.room_ids[-1], "-n", str(NODES)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=clean_env(),
+        [
+            sys.executable,
+            str(SIMULATOR),
+            "--url",
+            cloud.url,
+            "--ca",
+            cloud.ca_file,
+            "--token",
+            cloud.claim_token,
+            "--rooms",
+            cloud.room_ids[-1],
+            "-n",
+            str(NODES),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
     )
     try:
         assert proc.stdout is not None

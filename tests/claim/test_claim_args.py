@@ -18,13 +18,34 @@ from tether.paths import AgentPaths
 
 def test_single_and_double_dash_flags() -> None:
     p = parse_args(
-        ["-token=T", "-rooms=a, b,,c", "--url=https://c:1", "-id", "X", "-hostname=h",
-         "-proxy=none", "-noproxy", "-insecure", "-noreload", "-verbose", "-user=nobody",
-         "--prefix", "/tmp/p", "--json"]
+        [
+            "-token=T",
+            "-rooms=a, b,,c",
+            "--url=https://c:1",
+            "-id",
+            "X",
+            "-hostname=h",
+            "-proxy=none",
+            "-noproxy",
+            "-insecure",
+            "-noreload",
+            "-verbose",
+            "-user=nobody",
+            "--prefix",
+            "/tmp/p",
+            "--json",
+        ]
     )
     o = p.options
     assert (o.token, o.rooms, o.url, o.node_id, o.hostname, o.proxy, o.user) == (
-        "T", ["a", "b", "c"], "https://c:1", "X", "h", "none", "nobody")
+        "T",
+        ["a", "b", "c"],
+        "https://c:1",
+        "X",
+        "h",
+        "none",
+        "nobody",
+    )
     assert o.noproxy and o.insecure and o.noreload and o.verbose
     assert p.prefix == "/tmp/p" and p.json
 
@@ -72,8 +93,9 @@ def test_http_url_rejected(tmp_path: Path) -> None:
 
 def test_bad_proxy_setting_exits_1_naming_it(tmp_path: Path) -> None:
     err = io.StringIO()
-    code = run(["-token=t", "-url=https://127.0.0.1:1", "-proxy=ftp://x:1"],
-               AgentPaths(tmp_path), err=err)
+    code = run(
+        ["-token=t", "-url=https://127.0.0.1:1", "-proxy=ftp://x:1"], AgentPaths(tmp_path), err=err
+    )
     assert code == 1
     assert "ftp" in err.getvalue() and "socks5h://" in err.getvalue()
 
@@ -106,8 +128,11 @@ def test_unreadable_machine_guid_exits_18(tmp_path: Path) -> None:
 
 def test_unknown_agent_user_exits_6(tmp_path: Path) -> None:
     err = io.StringIO()
-    code = run(["-token=t", "-url=https://127.0.0.1:1", "-user=no-such-user-xyz"],
-               AgentPaths(tmp_path), err=err)
+    code = run(
+        ["-token=t", "-url=https://127.0.0.1:1", "-user=no-such-user-xyz"],
+        AgentPaths(tmp_path),
+        err=err,
+    )
     assert code == 6
     assert "no-such-user-xyz" in err.getvalue()
 
@@ -131,8 +156,12 @@ def test_wrong_user_exits_6_with_the_fix(request: pytest.FixtureRequest) -> None
             os.setgid(65534)
             os.setuid(65534)
             err = io.StringIO()
-            code = run(["-token=t", "-url=https://127.0.0.1:1", "-user=root"], paths,
-                       out=io.StringIO(), err=err)
+            code = run(
+                ["-token=t", "-url=https://127.0.0.1:1", "-user=root"],
+                paths,
+                out=io.StringIO(),
+                err=err,
+            )
             os.write(write_fd, err.getvalue().encode())
         except BaseException:
             os.write(write_fd, traceback.format_exc().encode())
@@ -153,8 +182,12 @@ def test_refused_port_exits_4_naming_host_and_port(tmp_path: Path) -> None:
     port = free_port()
     err = io.StringIO()
     out = io.StringIO()
-    code = run(["-token=t", f"-url=https://127.0.0.1:{port}", "--json"], AgentPaths(tmp_path),
-               out=out, err=err)
+    code = run(
+        ["-token=t", f"-url=https://127.0.0.1:{port}", "--json"],
+        AgentPaths(tmp_path),
+        out=out,
+        err=err,
+    )
     assert code == 4
     result = json.loads(out.getvalue())
     assert result["exit_code"] == 4 and not result["claimed"]
@@ -166,8 +199,9 @@ def test_refused_port_exits_4_naming_host_and_port(tmp_path: Path) -> None:
 
 def test_agent_w_claim_uses_the_same_flags(tmp_path: Path) -> None:
     err = io.StringIO()
-    assert run_agent_command('claim -tokn=x', AgentPaths(tmp_path), err=err) == 1
-    assert run_agent_command('bogus', AgentPaths(tmp_path), err=err) == 1
-    assert run_agent_command(
-        'claim -token=t -rooms=a,b', AgentPaths(tmp_path), err=err) == 1  # no URL
+    assert run_agent_command("claim -tokn=x", AgentPaths(tmp_path), err=err) == 1
+    assert run_agent_command("bogus", AgentPaths(tmp_path), err=err) == 1
+    assert (
+        run_agent_command("claim -token=t -rooms=a,b", AgentPaths(tmp_path), err=err) == 1
+    )  # no URL
     assert "-url=" in err.getvalue()

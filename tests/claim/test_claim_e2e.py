@@ -28,11 +28,16 @@ def trust_cloud(prefix: Path, cloud: Cloud) -> AgentPaths:
     return paths
 
 
-def claim(prefix: Path, *args: str, env: dict[str, str] | None = None
-          ) -> subprocess.CompletedProcess[str]:
+def claim(
+    prefix: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [command("tether-claim"), "--prefix", str(prefix), *args],
-        capture_output=True, text=True, env=env or clean_env(), timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=60,
+        check=False,
     )
 
 
@@ -59,8 +64,13 @@ def second_space(cloud: Cloud) -> tuple[str, str]:
 def test_claim_running_agent_then_reclaim_reuses_key(cloud: Cloud, agent: RunningAgent) -> None:
     assert agent.info()["agent-claimed"] is False
     paths = trust_cloud(agent.prefix, cloud)
-    proc = claim(agent.prefix, f"-token={cloud.claim_token}",
-                 f"-rooms={','.join(cloud.room_ids)}", f"-url={cloud.url}", "-verbose")
+    proc = claim(
+        agent.prefix,
+        f"-token={cloud.claim_token}",
+        f"-rooms={','.join(cloud.room_ids)}",
+        f"-url={cloud.url}",
+        "-verbose",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Agent was successfully claimed." in proc.stdout
     assert cloud.claim_token not in proc.stdout + proc.stderr
@@ -86,9 +96,18 @@ def test_claim_running_agent_then_reclaim_reuses_key(cloud: Cloud, agent: Runnin
 def test_agent_binary_w_claim(cloud: Cloud, agent: RunningAgent) -> None:
     trust_cloud(agent.prefix, cloud)
     proc = subprocess.run(
-        [command("tether-agent"), "--prefix", str(agent.prefix), "-W",
-         f"claim -token={cloud.claim_token} -rooms={cloud.room_ids[0]} -url={cloud.url}"],
-        capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+        [
+            command("tether-agent"),
+            "--prefix",
+            str(agent.prefix),
+            "-W",
+            f"claim -token={cloud.claim_token} -rooms={cloud.room_ids[0]} -url={cloud.url}",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Agent was successfully claimed." in proc.stdout
@@ -140,9 +159,13 @@ def test_cloud_refusals_map_to_exit_codes(
 
     # A key the Cloud refuses (RSA-1024) gives 11.
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
-    paths.private_key_file.write_bytes(weak.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    paths.private_key_file.write_bytes(
+        weak.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     got, out = claim_json(tmp_path, tok, url)
     assert got == 11 and out["error_key"] == "ErrInvalidPublicKey", out
     paths.private_key_file.unlink()

@@ -29,12 +29,25 @@ def prepared(tmp_path: Path, cloud: Cloud, conf: str | None = None) -> AgentPath
     return paths
 
 
-def claim(cloud: Cloud, prefix: Path, *args: str, env: dict[str, str] | None = None
-          ) -> tuple[int, dict[str, object]]:
+def claim(
+    cloud: Cloud, prefix: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
     proc = subprocess.run(
-        [command("tether-claim"), "--prefix", str(prefix), "--json", "-noreload",
-         f"-token={cloud.claim_token}", f"-url={cloud.url}", *args],
-        capture_output=True, text=True, env=env or clean_env(), timeout=60, check=False,
+        [
+            command("tether-claim"),
+            "--prefix",
+            str(prefix),
+            "--json",
+            "-noreload",
+            f"-token={cloud.claim_token}",
+            f"-url={cloud.url}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=60,
+        check=False,
     )
     assert cloud.claim_token not in proc.stdout + proc.stderr
     return proc.returncode, json.loads(proc.stdout)

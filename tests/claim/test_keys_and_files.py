@@ -46,7 +46,9 @@ def test_write_claimed_files_and_token_removed(tmp_path: Path) -> None:
     state.write_claimed(paths, "node-1", "https://cloud.example:8443", ["r1", "r2"])
     assert paths.claimed_id_file.read_text().strip() == "node-1"
     assert state.read_cloud_conf(paths) == {
-        "enabled": "yes", "cloud base url": "https://cloud.example:8443"}
+        "enabled": "yes",
+        "cloud base url": "https://cloud.example:8443",
+    }
     assert state.read_rooms(paths) == ["r1", "r2"]
     assert not paths.token_file.exists()
     assert not [p for p in paths.cloud_dir.iterdir() if p.name.startswith(".")]

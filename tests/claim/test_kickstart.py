@@ -16,7 +16,11 @@ def kickstart(*args: str, prefix: Path) -> subprocess.CompletedProcess[str]:
     env = clean_env(PATH=f"{BIN_DIR}{os.pathsep}/usr/bin{os.pathsep}/bin")
     return subprocess.run(
         ["bash", str(SCRIPT), *args, "--prefix", str(prefix)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
@@ -45,8 +49,12 @@ def test_passes_flags_to_tether_claim_and_its_exit_code(tmp_path: Path) -> None:
     port = free_port()
     proxy_port = free_port()
     proc = kickstart(
-        "--claim-token=secret-tok", f"--claim-url=https://127.0.0.1:{port}",
-        "--claim-rooms", "r1,r2", "--claim-proxy", f"socks5h://127.0.0.1:{proxy_port}",
+        "--claim-token=secret-tok",
+        f"--claim-url=https://127.0.0.1:{port}",
+        "--claim-rooms",
+        "r1,r2",
+        "--claim-proxy",
+        f"socks5h://127.0.0.1:{proxy_port}",
         prefix=tmp_path,
     )
     # The proxy setting reached tether-claim: the failure names the proxy.
@@ -59,9 +67,19 @@ def test_without_the_agent_or_a_package_spec_it_installs_nothing(tmp_path: Path)
     """No default package: a public index's "tether" may be someone else's code."""
     env = clean_env(PATH=f"/usr/bin{os.pathsep}/bin")  # no tether-claim on PATH
     proc = subprocess.run(
-        ["bash", str(SCRIPT), "--claim-token=tok", "--claim-url=https://127.0.0.1:1",
-         "--prefix", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        [
+            "bash",
+            str(SCRIPT),
+            "--claim-token=tok",
+            "--claim-url=https://127.0.0.1:1",
+            "--prefix",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert "no --package SPEC was given" in proc.stderr

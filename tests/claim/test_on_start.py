@@ -48,8 +48,10 @@ def test_failure_is_logged_and_returns_false(
 def test_half_set_variables_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = AgentPaths(tmp_path)
     with caplog.at_level(logging.INFO, logger="tether.claim"):
-        assert claim_on_start(paths, load_config(paths.config_file),
-                              env={"TETHER_CLAIM_TOKEN": "t"}) is False
+        assert (
+            claim_on_start(paths, load_config(paths.config_file), env={"TETHER_CLAIM_TOKEN": "t"})
+            is False
+        )
     assert "TETHER_CLAIM_URL is not set" in caplog.text
 
 
@@ -58,8 +60,11 @@ def test_claim_proxy_also_becomes_the_link_proxy(tmp_path: Path) -> None:
     paths.cloud_dir.mkdir(parents=True)
     paths.claimed_id_file.write_text("node-1\n")
     config = load_config(paths.config_file)
-    env = {"TETHER_CLAIM_TOKEN": "t", "TETHER_CLAIM_URL": "https://c.example",
-           "TETHER_CLAIM_PROXY": "socks5h://127.0.0.1:1080"}
+    env = {
+        "TETHER_CLAIM_TOKEN": "t",
+        "TETHER_CLAIM_URL": "https://c.example",
+        "TETHER_CLAIM_PROXY": "socks5h://127.0.0.1:1080",
+    }
     claim_on_start(paths, config, env=env)
     assert config.get("cloud", "proxy") == "socks5h://127.0.0.1:1080"
 
@@ -71,8 +76,11 @@ def test_claims_once_into_a_real_cloud_then_never_again(
     paths.cloud_dir.mkdir(parents=True)
     assert cloud.ca_file
     paths.cloud_fullchain_file.write_bytes(Path(cloud.ca_file).read_bytes())
-    env = {"TETHER_CLAIM_TOKEN": cloud.claim_token, "TETHER_CLAIM_URL": cloud.url,
-           "TETHER_CLAIM_ROOMS": ",".join(cloud.room_ids)}
+    env = {
+        "TETHER_CLAIM_TOKEN": cloud.claim_token,
+        "TETHER_CLAIM_URL": cloud.url,
+        "TETHER_CLAIM_ROOMS": ",".join(cloud.room_ids),
+    }
     with caplog.at_level(logging.INFO, logger="tether.claim"):
         assert claim_on_start(paths, load_config(paths.config_file), env=env) is True
         node_id = paths.claimed_id_file.read_text().strip()

@@ -49,8 +49,15 @@ def test_raw_at_sign_in_password_splits_at_last_at() -> None:
 
 @pytest.mark.parametrize(
     "setting",
-    ["https://p:3128", "ftp://p:21", "socks4://p:1080", "proxy.example.com:3128", "http://",
-     "http://p:99999", "http://p:3128/path"],
+    [
+        "https://p:3128",
+        "ftp://p:21",
+        "socks4://p:1080",
+        "proxy.example.com:3128",
+        "http://",
+        "http://p:99999",
+        "http://p:3128/path",
+    ],
 )
 def test_invalid_settings_name_setting_and_forms(setting: str) -> None:
     with pytest.raises(ProxyConfigError) as info:
@@ -120,9 +127,7 @@ def test_claim_precedence() -> None:
     assert cli.url == "http://cli:1" and cli.source == "-proxy"
     conf = claim_proxy(noproxy=False, cli_proxy=None, config_proxy="env", **common)
     assert conf.url == "http://envproxy:3128"
-    conf2 = claim_proxy(
-        noproxy=False, cli_proxy=None, config_proxy="socks5h://s:1080", **common
-    )
+    conf2 = claim_proxy(noproxy=False, cli_proxy=None, config_proxy="socks5h://s:1080", **common)
     assert conf2.source == "[cloud] proxy in /etc/tether/tether.conf"
     default = claim_proxy(noproxy=False, cli_proxy=None, config_proxy="none", **common)
     assert default.url is None

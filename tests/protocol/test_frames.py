@@ -45,8 +45,12 @@ SAMPLES: list[Frame] = [
     HelloAck(session_id="s-1", keepalive_seconds=20, cloud_time=1.7e9),
     NodeUpdate(hostname="web-2"),
     AlertTransition(
-        name="cpu_high", chart="system.cpu", old_status="clear", new_status="warning",
-        value=93.5, at=1.7e9,
+        name="cpu_high",
+        chart="system.cpu",
+        old_status="clear",
+        new_status="warning",
+        value=93.5,
+        at=1.7e9,
     ),
     QueryRequest(id=7, path="/api/v1/info", query="after=-10", timeout_ms=5000),
     QueryResponse(id=7, status=200, body=b'{"x": 1}'),
@@ -100,9 +104,7 @@ def test_missing_field_and_wrong_type_named() -> None:
     data = msgspec.msgpack.encode({"t": "query", "v": PROTOCOL_VERSION, "id": 1})
     with pytest.raises(ProtocolError, match=r"malformed query frame.*path"):
         decode(data)
-    data = msgspec.msgpack.encode(
-        {"t": "goodbye", "v": PROTOCOL_VERSION, "reason": "vacation"}
-    )
+    data = msgspec.msgpack.encode({"t": "goodbye", "v": PROTOCOL_VERSION, "reason": "vacation"})
     with pytest.raises(ProtocolError, match="malformed goodbye frame"):
         decode(data)
 

@@ -102,8 +102,16 @@ def make_member(cloud: Cloud, role: str = "member") -> tuple[str, str]:
     (email, password)."""
     email = f"user-{secrets.token_hex(4)}@example.com"
     password = secrets.token_urlsafe(12)
-    made = cloud.cli("admin", "create-user", "--email", email, "--password-stdin",
-                     "--api-token", "--json", input=password + "\n")
+    made = cloud.cli(
+        "admin",
+        "create-user",
+        "--email",
+        email,
+        "--password-stdin",
+        "--api-token",
+        "--json",
+        input=password + "\n",
+    )
     assert made.returncode == 0, made.stderr
     join(cloud, email, json.loads(made.stdout)["api_token"], role)
     return email, password
@@ -124,8 +132,10 @@ def session_client(cloud: Cloud, email: str, password: str) -> httpx.Client:
     r = c.get("/signin")
     token = re.search(r'name="login_csrf" value="([^"]+)"', r.text)
     assert token, r.text
-    r = c.post("/signin", data={"email": email, "password": password,
-                                "login_csrf": token.group(1), "next": "/"})
+    r = c.post(
+        "/signin",
+        data={"email": email, "password": password, "login_csrf": token.group(1), "next": "/"},
+    )
     assert r.status_code == 303, r.text
     return c
 

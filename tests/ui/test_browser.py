@@ -17,7 +17,6 @@ from tests.ui.conftest import make_member, sign_in, trust_cloud
 pytestmark = pytest.mark.browser
 
 
-
 def run_shown_command(text: str, prefix: Any) -> subprocess.CompletedProcess[str]:
     """Run the command exactly as the page shows it, on a node whose agent
     lives under `prefix` (the test's stand-in for /)."""
@@ -25,7 +24,11 @@ def run_shown_command(text: str, prefix: Any) -> subprocess.CompletedProcess[str
     assert argv[0] == "tether-claim", text
     return subprocess.run(
         [command("tether-claim"), "--prefix", str(prefix), *argv[1:]],
-        capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
     )
 
 
@@ -115,7 +118,8 @@ def test_node_goes_live_and_its_page_draws_charts_through_the_relay(
     page.goto(f"{cloud.url}/spaces/{cloud.space_id}/rooms/{room_id}")
     page.evaluate("window.__noReload = 'still here'")
     done = run_shown_command(
-        f"tether-claim -token={cloud.claim_token} -rooms={room_id} -url={cloud.url}", agent.prefix)
+        f"tether-claim -token={cloud.claim_token} -rooms={room_id} -url={cloud.url}", agent.prefix
+    )
     assert done.returncode == 0, done.stderr
     node_id = agent.paths.claimed_id_file.read_text().strip()
     page.wait_for_selector(f"tr[data-node-id='{node_id}'][data-state=live]", timeout=30_000)
@@ -136,7 +140,8 @@ def test_node_goes_live_and_its_page_draws_charts_through_the_relay(
     tab.shot("node-charts")
     page.click("a[data-range-key='1h']")
     page.wait_for_function(
-        "() => +document.querySelector(\".chart[data-chart='system.cpu']\")?.dataset.rows > 0")
+        "() => +document.querySelector(\".chart[data-chart='system.cpu']\")?.dataset.rows > 0"
+    )
     tab.shot("node-charts-1h")
 
     # The node stops: the page says so without a reload, with the cause.
@@ -147,9 +152,7 @@ def test_node_goes_live_and_its_page_draws_charts_through_the_relay(
     assert not [e for e in tab.console_errors if "Content Security Policy" in e], tab.console_errors
 
 
-def test_member_sees_no_token_and_cannot_open_connect_nodes(
-    cloud: Cloud, open_tab: Any
-) -> None:
+def test_member_sees_no_token_and_cannot_open_connect_nodes(cloud: Cloud, open_tab: Any) -> None:
     email, password = make_member(cloud)
     tab = open_tab("member")
     page = tab.page
@@ -206,8 +209,7 @@ def test_narrow_screen_and_security_headers(cloud: Cloud, open_tab: Any) -> None
     sign_in(tab, cloud)
     for path in ("", "/connect", "/manage"):
         page.goto(f"{cloud.url}/spaces/{cloud.space_id}{path}")
-        overflow = page.evaluate(
-            "() => document.documentElement.scrollWidth - window.innerWidth")
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"{path or 'room'} is wider than a phone screen by {overflow}px"
         tab.shot("narrow" + (path.replace("/", "-") or "-room"))
     assert not [e for e in tab.console_errors if "Content Security Policy" in e], tab.console_errors

@@ -19,8 +19,10 @@ CA = CloudCa(URL + "/ca.pem", "AB:CD:EF")
 def test_linux_kickstart_and_direct_form_match_the_reference() -> None:
     out = commands.build("linux", URL, TOKEN, ROOMS, None)
     kick = out.steps[0].text
-    assert kick == (f"bash <(curl -Ss {URL}/kickstart.sh) --claim-token {TOKEN} "
-                    f"--claim-rooms {','.join(ROOMS)} --claim-url {URL}")
+    assert kick == (
+        f"bash <(curl -Ss {URL}/kickstart.sh) --claim-token {TOKEN} "
+        f"--claim-rooms {','.join(ROOMS)} --claim-url {URL}"
+    )
     assert out.direct == f"tether-claim -token={TOKEN} -rooms={','.join(ROOMS)} -url={URL}"
     # The direct form is what tether-claim itself parses.
     parsed = parse_args(shlex.split(out.direct)[1:])
@@ -52,14 +54,20 @@ def test_every_environment_carries_url_token_rooms(env: str) -> None:
 
 def test_docker_forms() -> None:
     run = "\n".join(s.text for s in commands.build("docker-run", URL, TOKEN, ROOMS, None).steps)
-    for needle in (f"-e TETHER_CLAIM_TOKEN={TOKEN}", f"-e TETHER_CLAIM_URL={URL}",
-                   "-e TETHER_CLAIM_ROOMS=", "tetherlib:/var/lib/tether"):
+    for needle in (
+        f"-e TETHER_CLAIM_TOKEN={TOKEN}",
+        f"-e TETHER_CLAIM_URL={URL}",
+        "-e TETHER_CLAIM_ROOMS=",
+        "tetherlib:/var/lib/tether",
+    ):
         assert needle in run
     compose = commands.build("docker-compose", URL, TOKEN, ROOMS, None)
     assert "services:" in compose.steps[0].text and compose.steps[1].text == "docker compose up -d"
     exec_ = commands.build("docker-exec", URL, TOKEN, ROOMS, None)
-    assert exec_.steps[-1].text == f"docker exec -it tether tether-claim -token={TOKEN} " \
-                                   f"-rooms={','.join(ROOMS)} -url={URL}"
+    assert (
+        exec_.steps[-1].text == f"docker exec -it tether tether-claim -token={TOKEN} "
+        f"-rooms={','.join(ROOMS)} -url={URL}"
+    )
 
 
 def test_unknown_environment_is_refused() -> None:

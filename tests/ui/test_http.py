@@ -32,11 +32,14 @@ def admin(cloud: Cloud) -> httpx.Client:
 
 def test_private_ca_chain_verifies_only_with_the_ca(cloud: Cloud) -> None:
     assert cloud.ca_file
-    with httpx.Client(verify=ssl.create_default_context(cafile=cloud.ca_file),
-                      trust_env=False) as c:
+    with httpx.Client(
+        verify=ssl.create_default_context(cafile=cloud.ca_file), trust_env=False
+    ) as c:
         assert c.get(cloud.url + "/signin").status_code == 200
-    with httpx.Client(trust_env=False) as c, pytest.raises(httpx.ConnectError,
-                                                           match="CERTIFICATE_VERIFY_FAILED"):
+    with (
+        httpx.Client(trust_env=False) as c,
+        pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
         c.get(cloud.url + "/signin")
     # /ca.pem serves that same CA, whose fingerprint the Connect Nodes page shows.
     with cloud.client() as c:
@@ -55,8 +58,12 @@ def test_kickstart_is_served_from_the_package(cloud: Cloud) -> None:
 
 def test_pages_and_static_files_carry_security_headers(cloud: Cloud) -> None:
     c = admin(cloud)
-    for path in ("/signin", f"/spaces/{cloud.space_id}/connect", "/ui/static/ui.js",
-                 "/ui/vendor/uplot/uPlot.iife.min.js"):
+    for path in (
+        "/signin",
+        f"/spaces/{cloud.space_id}/connect",
+        "/ui/static/ui.js",
+        "/ui/vendor/uplot/uPlot.iife.min.js",
+    ):
         r = c.get(path, follow_redirects=True)
         assert r.status_code == 200, path
         csp = r.headers["content-security-policy"]
@@ -76,8 +83,10 @@ def test_pages_and_static_files_carry_security_headers(cloud: Cloud) -> None:
 def test_member_gets_403_and_never_the_token(cloud: Cloud) -> None:
     email, password = make_member(cloud)
     c = session_client(cloud, email, password)
-    for path in (f"/spaces/{cloud.space_id}/connect",
-                 f"/spaces/{cloud.space_id}/connect?env=docker-run"):
+    for path in (
+        f"/spaces/{cloud.space_id}/connect",
+        f"/spaces/{cloud.space_id}/connect?env=docker-run",
+    ):
         r = c.get(path)
         assert r.status_code == 403
         assert cloud.claim_token not in r.text and "tct_" not in r.text
@@ -86,11 +95,15 @@ def test_member_gets_403_and_never_the_token(cloud: Cloud) -> None:
         assert r.status_code == 200 and "tct_" not in r.text
     # A member cannot rotate the token either, even with a valid form.
     form = c.get(f"/spaces/{cloud.space_id}/manage")
-    r = c.post(f"/spaces/{cloud.space_id}/token/rotate",
-               data={"csrf_token": csrf_of(form.text), "confirm": "yes"})
+    r = c.post(
+        f"/spaces/{cloud.space_id}/token/rotate",
+        data={"csrf_token": csrf_of(form.text), "confirm": "yes"},
+    )
     assert r.status_code == 403
-    assert cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/claim-token").json()["token"] \
+    assert (
+        cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/claim-token").json()["token"]
         == cloud.claim_token
+    )
 
 
 def test_forms_need_the_session_csrf_token(cloud: Cloud) -> None:
@@ -114,23 +127,40 @@ def test_sign_in_rules(cloud: Cloud) -> None:
         r = c.get(f"/spaces/{cloud.space_id}/rooms/{cloud.room_ids[0]}/nodes.json")
         assert r.status_code == 303 and r.headers["location"].startswith("/signin?next=")
         # A sign-in form without its cookie pair (login CSRF) is refused.
-        r = c.post("/signin", data={"email": cloud.admin_email,
-                                    "password": str(cloud.admin_password), "login_csrf": "x"})
+        r = c.post(
+            "/signin",
+            data={
+                "email": cloud.admin_email,
+                "password": str(cloud.admin_password),
+                "login_csrf": "x",
+            },
+        )
         assert r.status_code == 403
         form = c.get("/signin")
         token = re.search(r'name="login_csrf" value="([^"]+)"', form.text)
         assert token
-        r = c.post("/signin", data={"email": cloud.admin_email, "password": "wrong-password",
-                                    "login_csrf": token.group(1)})
+        r = c.post(
+            "/signin",
+            data={
+                "email": cloud.admin_email,
+                "password": "wrong-password",
+                "login_csrf": token.group(1),
+            },
+        )
         assert r.status_code == 401 and "Wrong email or password" in r.text
         # `next` never leads to another site.
         form = c.get("/signin?next=//evil.example.com/x")
         token = re.search(r'name="login_csrf" value="([^"]+)"', form.text)
         assert token and 'value="/"' in form.text
-        r = c.post("/signin", data={"email": cloud.admin_email,
-                                    "password": str(cloud.admin_password),
-                                    "login_csrf": token.group(1),
-                                    "next": "//evil.example.com/x"})
+        r = c.post(
+            "/signin",
+            data={
+                "email": cloud.admin_email,
+                "password": str(cloud.admin_password),
+                "login_csrf": token.group(1),
+                "next": "//evil.example.com/x",
+            },
+        )
         assert r.status_code == 303 and r.headers["location"] == "/"
         # Sign out needs the CSRF token, then ends the session.
         room = c.get("/", follow_redirects=True)
@@ -155,13 +185,16 @@ def test_add_existing_node_to_a_room_then_remove_it(cloud: Cloud) -> None:
     assert r.status_code == 303
     nodes = c.get(room_url + "/nodes.json").json()
     assert [(n["hostname"], n["state"], n["unreachable"]) for n in nodes["nodes"]] == [
-        ("db-7", "unseen", True)]
+        ("db-7", "unseen", True)
+    ]
     assert nodes["room_counts"][default_room] == 1
     # Remove it from the Space on its page: gone, and its key no longer claims.
     node_page = c.get(f"/spaces/{cloud.space_id}/nodes/{node_id}")
     assert node_page.status_code == 200 and 'id="remove-node"' in node_page.text
-    r = c.post(f"/spaces/{cloud.space_id}/nodes/{node_id}/remove",
-               data={"csrf_token": csrf_of(node_page.text)})
+    r = c.post(
+        f"/spaces/{cloud.space_id}/nodes/{node_id}/remove",
+        data={"csrf_token": csrf_of(node_page.text)},
+    )
     assert r.status_code == 303
     assert c.get(room_url + "/nodes.json").json()["nodes"] == []
     assert c.get(f"/spaces/{cloud.space_id}/nodes/{node_id}").status_code == 404
@@ -174,30 +207,41 @@ def test_roles_change_with_clear_errors(cloud: Cloud) -> None:
     csrf = csrf_of(manage.text)
     members = cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").json()
     by_email = {m["email"]: m["user_id"] for m in members}
-    r = c.post(f"/spaces/{cloud.space_id}/members/{by_email[email]}/role",
-               data={"csrf_token": csrf, "role": "manager"})
+    r = c.post(
+        f"/spaces/{cloud.space_id}/members/{by_email[email]}/role",
+        data={"csrf_token": csrf, "role": "manager"},
+    )
     assert r.status_code == 303 and r.headers["location"].endswith("done=member-changed")
-    roles = {m["email"]: m["role"]
-             for m in cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").json()}
+    roles = {
+        m["email"]: m["role"]
+        for m in cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").json()
+    }
     assert roles[email] == "manager"
     # The only admin cannot step down: the page says why.
-    r = c.post(f"/spaces/{cloud.space_id}/members/{by_email[cloud.admin_email]}/role",
-               data={"csrf_token": csrf, "role": "member"})
+    r = c.post(
+        f"/spaces/{cloud.space_id}/members/{by_email[cloud.admin_email]}/role",
+        data={"csrf_token": csrf, "role": "member"},
+    )
     assert r.status_code == 400 and "at least one admin" in r.text
     # Inviting someone already in the Space says so; inviting anyone else makes an
     # invitation, whether or not an account has that email.
-    r = c.post(f"/spaces/{cloud.space_id}/members",
-               data={"csrf_token": csrf, "email": email, "role": "member"})
+    r = c.post(
+        f"/spaces/{cloud.space_id}/members",
+        data={"csrf_token": csrf, "email": email, "role": "member"},
+    )
     assert r.status_code == 409 and "already a member" in r.text
-    r = c.post(f"/spaces/{cloud.space_id}/members",
-               data={"csrf_token": csrf, "email": "nobody@example.com", "role": "member"})
+    r = c.post(
+        f"/spaces/{cloud.space_id}/members",
+        data={"csrf_token": csrf, "email": "nobody@example.com", "role": "member"},
+    )
     assert r.status_code == 303 and r.headers["location"].endswith("done=member-invited")
 
 
 def test_user_without_a_space_can_create_one(cloud: Cloud) -> None:
     email, password = f"solo-{uuid.uuid4().hex[:6]}@example.com", "a-long-password"
-    made = cloud.cli("admin", "create-user", "--email", email, "--password-stdin",
-                     input=password + "\n")
+    made = cloud.cli(
+        "admin", "create-user", "--email", email, "--password-stdin", input=password + "\n"
+    )
     assert made.returncode == 0, made.stderr
     c = session_client(cloud, email, password)
     home = c.get("/")
@@ -217,14 +261,17 @@ def test_invitations_are_answered_on_the_home_page(cloud: Cloud) -> None:
     """Inviting in Manage Space makes no member; the invitee accepts or
     declines on their home page (CSRF-checked forms), the admin can withdraw."""
     email, password = f"inv-{uuid.uuid4().hex[:6]}@example.com", "a-long-password"
-    made = cloud.cli("admin", "create-user", "--email", email, "--password-stdin",
-                     input=password + "\n")
+    made = cloud.cli(
+        "admin", "create-user", "--email", email, "--password-stdin", input=password + "\n"
+    )
     assert made.returncode == 0, made.stderr
     a = admin(cloud)
     manage_url = f"/spaces/{cloud.space_id}/manage"
     csrf = csrf_of(a.get(manage_url).text)
-    r = a.post(f"/spaces/{cloud.space_id}/members",
-               data={"csrf_token": csrf, "email": email, "role": "manager"})
+    r = a.post(
+        f"/spaces/{cloud.space_id}/members",
+        data={"csrf_token": csrf, "email": email, "role": "manager"},
+    )
     assert r.status_code == 303 and r.headers["location"].endswith("done=member-invited")
     manage = a.get(manage_url)
     assert f'data-email="{email}" data-invitation-id=' in manage.text
@@ -245,8 +292,10 @@ def test_invitations_are_answered_on_the_home_page(cloud: Cloud) -> None:
     r = c.post(f"/invitations/{iid.group(1)}/accept", data={"csrf_token": csrf_of(page.text)})
     assert r.status_code == 303 and r.headers["location"] == f"/spaces/{cloud.space_id}"
     assert c.get(f"/spaces/{cloud.space_id}").status_code == 303  # on to its first room
-    roles = {m["email"]: m["role"]
-             for m in cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").json()}
+    roles = {
+        m["email"]: m["role"]
+        for m in cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/members").json()
+    }
     assert roles[email] == "manager"
     # Accepting twice says it was answered already.
     r = c.post(f"/invitations/{iid.group(1)}/accept", data={"csrf_token": csrf_of(page.text)})
@@ -266,8 +315,9 @@ def test_invitations_are_answered_on_the_home_page(cloud: Cloud) -> None:
     r = cloud.api("POST", f"/api/v1/spaces/{other}/members", json={"email": email})
     inv_id = r.json()["id"]
     manage = a.get(f"/spaces/{other}/manage")
-    r = a.post(f"/spaces/{other}/invitations/{inv_id}/revoke",
-               data={"csrf_token": csrf_of(manage.text)})
+    r = a.post(
+        f"/spaces/{other}/invitations/{inv_id}/revoke", data={"csrf_token": csrf_of(manage.text)}
+    )
     assert r.status_code == 303 and r.headers["location"].endswith("done=invitation-revoked")
     r = c.post(f"/invitations/{inv_id}/accept", data={"csrf_token": csrf_of(page.text)})
     assert r.status_code == 410 and "withdrew" in r.text
@@ -289,12 +339,19 @@ def test_connect_nodes_with_a_proxy(cloud: Cloud) -> None:
 
 def test_repeated_wrong_passwords_are_slowed_down(cloud: Cloud) -> None:
     with cloud.client() as c:
+
         def attempt(password: str) -> httpx.Response:
             form = c.get("/signin")
             token = re.search(r'name="login_csrf" value="([^"]+)"', form.text)
             assert token
-            return c.post("/signin", data={"email": cloud.admin_email, "password": password,
-                                           "login_csrf": token.group(1)})
+            return c.post(
+                "/signin",
+                data={
+                    "email": cloud.admin_email,
+                    "password": password,
+                    "login_csrf": token.group(1),
+                },
+            )
 
         for _ in range(10):
             assert attempt("not-the-password").status_code == 401
@@ -303,13 +360,24 @@ def test_repeated_wrong_passwords_are_slowed_down(cloud: Cloud) -> None:
         assert r.status_code == 429 and re.search(r"try again in \d+ s", r.text)
 
 
-def test_a_cloned_node_is_shown_as_a_duplicate(cloud: Cloud, start_agent: AgentLauncher,
-                                                tmp_path: Path) -> None:
+def test_a_cloned_node_is_shown_as_a_duplicate(
+    cloud: Cloud, start_agent: AgentLauncher, tmp_path: Path
+) -> None:
     first = start_agent()
     trust_cloud(first.prefix, cloud)
     done = subprocess.run(
-        [command("tether-claim"), "--prefix", str(first.prefix), f"-token={cloud.claim_token}",
-         f"-url={cloud.url}"], capture_output=True, text=True, env=clean_env(), timeout=60)
+        [
+            command("tether-claim"),
+            "--prefix",
+            str(first.prefix),
+            f"-token={cloud.claim_token}",
+            f"-url={cloud.url}",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     c = admin(cloud)
     poll = f"/spaces/{cloud.space_id}/rooms/{cloud.room_ids[0]}/nodes.json"
@@ -322,8 +390,9 @@ def test_a_cloned_node_is_shown_as_a_duplicate(cloud: Cloud, start_agent: AgentL
     clone = tmp_path / "clone"
     shutil.copytree(first.prefix / "var" / "lib" / "tether", clone / "var" / "lib" / "tether")
     start_agent(prefix=clone)
-    wait_until(lambda: len(nodes()) == 1 and bool(nodes()[0]["duplicate"]),
-               "the duplicate to be shown")
+    wait_until(
+        lambda: len(nodes()) == 1 and bool(nodes()[0]["duplicate"]), "the duplicate to be shown"
+    )
     assert "Two agents use this node's identity" in nodes()[0]["duplicate"]
     assert "-id=$(uuidgen)" in nodes()[0]["duplicate"]
 

@@ -152,7 +152,7 @@ def run_agent_command(
     """`tether-agent -W "claim -token=... -rooms=..."`: the same flags as tether-claim."""
     words = shlex.split(spec)
     if not words or words[0] != "claim":
-        print(f"tether-agent: unknown -W command {spec!r}; use -W \"claim -token=...\"", file=err)
+        print(f'tether-agent: unknown -W command {spec!r}; use -W "claim -token=..."', file=err)
         return int(Exit.BAD_ARGUMENT)
     return run(words[1:], paths, out, err)
 

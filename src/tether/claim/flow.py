@@ -236,10 +236,7 @@ def _claim(
     say(f"Claiming node {node_id} (hostname {hostname!r}) into {url}")
     say(f"War Rooms: {', '.join(rooms) if rooms else '(none)'}")
     say(f"Proxy: {proxy.display()}")
-    say(
-        "Key: "
-        + ("new RSA-2048 key" if pair.created else f"reusing {paths.private_key_file}")
-    )
+    say("Key: " + ("new RSA-2048 key" if pair.created else f"reusing {paths.private_key_file}"))
 
     answer = send_claim(
         ClaimRequest(

@@ -95,7 +95,6 @@ def interpret(resp: httpx.Response) -> ClaimAnswer:
         parts.append(f": {detail}")
     if code == Exit.UNKNOWN_HTTP and not text:
         parts.append(
-            f". Unexpected answer from {resp.request.url}: is -url= the base URL of a "
-            "Tether Cloud?"
+            f". Unexpected answer from {resp.request.url}: is -url= the base URL of a Tether Cloud?"
         )
     return ClaimAnswer(code, "".join(parts), resp.status_code, key)

@@ -186,8 +186,9 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
         keepalive_seconds=_positive(getattr(a, "keepalive", 20.0), "--keepalive", 0.2, 3600),
         nats_url=getattr(a, "nats_url", None),
         nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
-        relay_timeout_seconds=_positive(getattr(a, "relay_timeout", 10.0), "--relay-timeout",
-                                        0.1, 600),
+        relay_timeout_seconds=_positive(
+            getattr(a, "relay_timeout", 10.0), "--relay-timeout", 0.1, 600
+        ),
         relay_inflate_budget_bytes=_count(
             getattr(a, "relay_inflate_budget_mib", 64), "--relay-inflate-budget-mib", 1, 65536
         )
@@ -199,8 +200,9 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
             getattr(a, "relay_inflate_budget_mib", 64),
         )
         * 2**20,
-        challenge_ttl_seconds=_positive(getattr(a, "challenge_ttl", 50.0), "--challenge-ttl",
-                                        1, 59),
+        challenge_ttl_seconds=_positive(
+            getattr(a, "challenge_ttl", 50.0), "--challenge-ttl", 1, 59
+        ),
         auth_failures_per_minute=int(getattr(a, "auth_failures_per_minute", 5)),
         auth_requests_per_address_per_minute=int(
             getattr(a, "auth_requests_per_address_per_minute", 6000)

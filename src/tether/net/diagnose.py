@@ -98,8 +98,7 @@ def describe_tls_error(err: ssl.SSLCertVerificationError, host: str, issuer: str
         )
     if code == NOT_YET_VALID_CODE:
         return (
-            f"TLS: the certificate of {host} is not valid yet ({reason}): "
-            "check this node's clock."
+            f"TLS: the certificate of {host} is not valid yet ({reason}): check this node's clock."
         )
     if code == HOSTNAME_MISMATCH_CODE:
         return (
@@ -142,8 +141,7 @@ def describe_connect_error(
         if ("requested" in low and "got" in low) or "no acceptable" in low:
             need = "needs a user and password" if not proxy.username else "does not accept them"
             return (
-                f"the SOCKS proxy {proxy.display()} refused the login method: it {need} "
-                f"({text})."
+                f"the SOCKS proxy {proxy.display()} refused the login method: it {need} ({text})."
             )
         return f"the proxy {proxy.display()} could not reach {host}:{port}: {text}"
 
@@ -190,12 +188,15 @@ def peer_certificate_issuer(
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with httpx.Client(
-            verify=ctx,
-            proxy=proxy.url if proxy is not None else None,
-            trust_env=False,
-            timeout=timeout,
-        ) as client, client.stream("HEAD", url) as resp:
+        with (
+            httpx.Client(
+                verify=ctx,
+                proxy=proxy.url if proxy is not None else None,
+                trust_env=False,
+                timeout=timeout,
+            ) as client,
+            client.stream("HEAD", url) as resp,
+        ):
             stream = resp.extensions.get("network_stream")
             ssl_obj = stream.get_extra_info("ssl_object") if stream is not None else None
             # Positional: the object may be the C-level _SSLSocket.

@@ -107,8 +107,7 @@ def parse_proxy_url(value: str, source: str, *, default_scheme: str | None = Non
         ) from exc
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ProxyConfigError(
-            f"proxy setting {mask_url(raw)!r} ({source}) must not have a path: "
-            f"use {ACCEPTED_FORMS}"
+            f"proxy setting {mask_url(raw)!r} ({source}) must not have a path: use {ACCEPTED_FORMS}"
         )
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None

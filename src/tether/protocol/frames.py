@@ -211,9 +211,7 @@ def _explain(data: bytes, exc: Exception) -> str:
     return f"malformed {env.t} frame: {exc}"
 
 
-def make_response(
-    query_id: int, status: int, content_type: str, body: bytes
-) -> QueryResponse:
+def make_response(query_id: int, status: int, content_type: str, body: bytes) -> QueryResponse:
     """A QueryResponse whose body is compressed when that pays off."""
     if len(body) > COMPRESS_THRESHOLD:
         packed = zlib.compress(body, 6)

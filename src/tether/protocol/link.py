@@ -111,6 +111,7 @@ class FrameReceived:
 
 Event = FrameReceived | CloseLink
 
+
 def _allowed(role: Role, state: LinkState) -> tuple[type, ...]:
     """Which frames `role` may send while in `state`."""
     if role is Role.AGENT:

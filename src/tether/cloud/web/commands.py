@@ -98,8 +98,10 @@ def check_proxy(proxy: str) -> str:
     proxy = proxy.strip()
     if proxy in ("", "none", "env"):
         return proxy
-    if proxy.startswith(PROXY_SCHEMES) and proxy.split("://", 1)[1] and not any(
-        c.isspace() for c in proxy
+    if (
+        proxy.startswith(PROXY_SCHEMES)
+        and proxy.split("://", 1)[1]
+        and not any(c.isspace() for c in proxy)
     ):
         return proxy
     raise ValueError(

@@ -141,9 +141,12 @@ async def _error_ctx(request: Request, e: UiError) -> dict[str, Any]:
     spaces: list[dict[str, str]] = []
     if user is not None:
         uid = user.user_id
-        spaces = await in_db(request, lambda s: [
-            {"id": sp.id, "name": sp.name, "role": r} for sp, r in space_store.spaces_of(s, uid)
-        ])
+        spaces = await in_db(
+            request,
+            lambda s: [
+                {"id": sp.id, "name": sp.name, "role": r} for sp, r in space_store.spaces_of(s, uid)
+            ],
+        )
     return {
         "status": e.status,
         "message": e.message,

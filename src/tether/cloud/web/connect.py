@@ -95,11 +95,14 @@ async def ca_pem(request: Request) -> Response:
     """The private CA certificate (public information), for nodes to trust."""
     path = private_ca_file(request.app.state.settings)
     if path is None:
-        return secure(PlainTextResponse(
-            "This Cloud does not use a private CA: its certificate is trusted through the "
-            "system CAs (or it serves plain HTTP).\n", status_code=404))
-    return secure(FileResponse(path, media_type="application/x-pem-file",
-                               filename="tether-ca.pem"))
+        return secure(
+            PlainTextResponse(
+                "This Cloud does not use a private CA: its certificate is trusted through the "
+                "system CAs (or it serves plain HTTP).\n",
+                status_code=404,
+            )
+        )
+    return secure(FileResponse(path, media_type="application/x-pem-file", filename="tether-ca.pem"))
 
 
 async def kickstart(_request: Request) -> Response:

@@ -30,7 +30,7 @@ log = logging.getLogger("tether.cloud.web")
 
 FLASH = {
     "member-invited": "Invitation made. They become a member when they accept it: "
-                      "after signing in with that email, on their home page.",
+    "after signing in with that email, on their home page.",
     "invitation-revoked": "Invitation withdrawn.",
     "member-changed": "Role changed.",
     "member-removed": "Member removed.",
@@ -38,7 +38,7 @@ FLASH = {
     "room-renamed": "War Room renamed.",
     "room-deleted": "War Room deleted; its nodes stay in the Space.",
     "token-rotated": "Claiming token rotated. The old token no longer works; "
-                     "nodes already connected are not affected.",
+    "nodes already connected are not affected.",
     "space-renamed": "Space renamed.",
 }
 
@@ -53,23 +53,36 @@ async def manage_page(request: Request) -> Response:
         ctx = nav(s, user, space, role)
         ctx["title"] = f"Manage {space.name}"
         ctx["members"] = [
-            {"user_id": u.id, "email": u.email, "name": u.name, "role": r,
-             "is_me": u.id == user.user_id}
+            {
+                "user_id": u.id,
+                "email": u.email,
+                "name": u.name,
+                "role": r,
+                "is_me": u.id == user.user_id,
+            }
             for u, r in space_store.members(s, space.id)
         ]
         ctx["roles"] = list(space_store.ROLES)
         now = utcnow()
         ctx["invitations"] = [
-            {"id": i.id, "email": i.email, "role": i.role,
-             "state": space_store.invitation_state(i, now), "expires_at": iso(i.expires_at)}
+            {
+                "id": i.id,
+                "email": i.email,
+                "role": i.role,
+                "state": space_store.invitation_state(i, now),
+                "expires_at": iso(i.expires_at),
+            }
             for i in (space_store.invitations_of_space(s, space.id) if role == "admin" else [])
         ]
         token = None
         if role == "admin":  # members and managers never see even the token's prefix
             row = claim_tokens.active(s, space.id)
             if row is not None:
-                token = {"prefix": row.prefix, "created_at": iso(row.created_at),
-                         "expires_at": iso(row.expires_at)}
+                token = {
+                    "prefix": row.prefix,
+                    "created_at": iso(row.created_at),
+                    "expires_at": iso(row.expires_at),
+                }
         ctx["token"] = token
         return ctx
 
@@ -92,11 +105,11 @@ async def add_member(request: Request) -> Response:
     def invite(s: Session) -> str:
         space, _ = member_space(s, user, sid, "admin")
         try:
-            _, inv = space_store.invite(s, space.id, email, role or "member", user.user_id,
-                                        utcnow())
+            _, inv = space_store.invite(
+                s, space.id, email, role or "member", user.user_id, utcnow()
+            )
         except space_store.AlreadyMember as exc:
-            raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") \
-                from None
+            raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") from None
         return inv.prefix
 
     prefix = await in_db(request, invite, write=True)
@@ -113,8 +126,7 @@ async def revoke_invitation(request: Request) -> Response:
     def revoke(s: Session) -> None:
         space, _ = member_space(s, user, sid, "admin")
         if not space_store.revoke_invitation(s, space.id, iid, utcnow()):
-            raise UiError(404, "That invitation is no longer open (it was answered or "
-                               "withdrawn).")
+            raise UiError(404, "That invitation is no longer open (it was answered or withdrawn).")
 
     await in_db(request, revoke, write=True)
     return _back(sid, "invitation-revoked")
@@ -172,8 +184,10 @@ def _editable_room(s: Session, user: Any, sid: str, rid: str) -> Any:
     if room is None:
         raise UiError(404, "This War Room does not exist (it may have been deleted).")
     if room.is_all_nodes:
-        raise UiError(400, 'The "All nodes" room holds every node of the Space; it cannot '
-                           "be renamed or deleted.")
+        raise UiError(
+            400,
+            'The "All nodes" room holds every node of the Space; it cannot be renamed or deleted.',
+        )
     return room
 
 
@@ -232,6 +246,10 @@ async def rotate_token(request: Request) -> Response:
         return row.prefix
 
     prefix = await in_db(request, rotate, write=True)
-    log.info("claiming token of space %s rotated by %s in the UI (new prefix %s)",
-             sid, user.email, prefix)
+    log.info(
+        "claiming token of space %s rotated by %s in the UI (new prefix %s)",
+        sid,
+        user.email,
+        prefix,
+    )
     return _back(sid, "token-rotated")

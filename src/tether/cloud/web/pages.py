@@ -83,9 +83,11 @@ def duplicate_text(node: Node) -> str:
         mid = side.get("machine_id") or "unknown"
         return f"{side.get('address') or 'unknown address'} (machine-id {str(mid)[:12]})"
 
-    return (f"Two agents use this node's identity: {host(prev)} and {host(cur)}, last "
-            f"{iso(seen)}. Give the clone its own identity: on it, remove cloud.d and claim "
-            "with -id=$(uuidgen).")
+    return (
+        f"Two agents use this node's identity: {host(prev)} and {host(cur)}, last "
+        f"{iso(seen)}. Give the clone its own identity: on it, remove cloud.d and claim "
+        "with -id=$(uuidgen)."
+    )
 
 
 # --- sign in / out ------------------------------------------------------------
@@ -373,4 +375,3 @@ async def remove_node(request: Request) -> Response:
     # Committed: close its live link now (4003), wherever it is held.
     await request.app.state.links.close_node(removed)
     return redirect(f"/spaces/{sid}")
-
