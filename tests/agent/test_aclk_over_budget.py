@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tether.agent.aclk import AclkClient
-from tether.agent.claim_state import ClaimState
+from tether.node.cloud_d import ClaimState
 from tether.paths import AgentPaths
 from tether.protocol.backoff import Backoff
 from tether.protocol.frames import Hello

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tether.agent.config import load_config
 from tether.agent.health import CLEAR, CRITICAL, WARNING, Health
+from tether.node.config import load_config
 
 T0 = 1_700_000_040
 

@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tether.claim import keys, state
+from tether.claim import keys
+from tether.node import cloud_d
 from tether.paths import AgentPaths
 
 
@@ -43,13 +44,13 @@ def test_write_claimed_files_and_token_removed(tmp_path: Path) -> None:
     paths = AgentPaths(tmp_path)
     paths.cloud_dir.mkdir(parents=True)
     paths.token_file.write_text("tct_secret\n")
-    state.write_claimed(paths, "node-1", "https://cloud.example:8443", ["r1", "r2"])
+    cloud_d.write_claimed(paths, "node-1", "https://cloud.example:8443", ["r1", "r2"])
     assert paths.claimed_id_file.read_text().strip() == "node-1"
-    assert state.read_cloud_conf(paths) == {
+    assert cloud_d.read_cloud_conf(paths) == {
         "enabled": "yes",
         "cloud base url": "https://cloud.example:8443",
     }
-    assert state.read_rooms(paths) == ["r1", "r2"]
+    assert cloud_d.read_rooms(paths) == ["r1", "r2"]
     assert not paths.token_file.exists()
     assert not [p for p in paths.cloud_dir.iterdir() if p.name.startswith(".")]
 
@@ -59,5 +60,5 @@ def test_token_and_rooms_files_are_read(tmp_path: Path) -> None:
     paths.cloud_dir.mkdir(parents=True)
     paths.token_file.write_text("  tok \n")
     paths.rooms_file.write_text("a,b\nc\n")
-    assert state.read_token(paths) == "tok"
-    assert state.read_rooms(paths) == ["a", "b", "c"]
+    assert cloud_d.read_token(paths) == "tok"
+    assert cloud_d.read_rooms(paths) == ["a", "b", "c"]

@@ -9,8 +9,8 @@ import pytest
 
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import free_port
-from tether.agent.config import load_config
 from tether.claim.on_start import claim_on_start
+from tether.node.config import load_config
 from tether.paths import AgentPaths
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.packaging.conftest import ENTRYPOINT, REPO
-from tether.agent.config import DEFAULTS
 from tether.cloud.web import commands
+from tether.node.config import DEFAULTS
 from tether.paths import AgentPaths
 
 yaml = pytest.importorskip("yaml")

@@ -40,10 +40,10 @@ from websockets.exceptions import (
     ProxyError,
 )
 
-from tether.agent.claim_state import ClaimState, load_claim_state
 from tether.net.diagnose import describe_connect_error
 from tether.net.proxy import ProxyChoice, ProxyConfigError, mask_url, resolve_proxy
 from tether.net.tls import TLSConfigError, client_ssl_context
+from tether.node.cloud_d import ClaimState, load_claim_state
 from tether.paths import AgentPaths
 from tether.protocol import auth
 from tether.protocol.backoff import Backoff

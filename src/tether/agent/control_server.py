@@ -13,9 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from tether.agent.config import ConfigError
 from tether.agent.runtime import Agent
 from tether.control import AgentNotRunning, ControlReply, encode_reply, send_command
+from tether.node.config import ConfigError
 
 log = logging.getLogger("tether.agent.control")
 MAX_LINE = 4096

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from tether.agent.config import AgentConfig
 from tether.agent.storage import Chart, Store, query
+from tether.node.config import AgentConfig
 
 log = logging.getLogger("tether.agent.health")
 
@@ -156,7 +156,7 @@ class Health:
 
     def load(self, config: AgentConfig) -> None:
         """(Re)read `[health]`; alerts keep their status across reloads."""
-        self.enabled = config.get("health", "enabled", "yes").lower() not in ("no", "false", "0")
+        self.enabled = config.get_bool("health", "enabled", True)
         self.every = max(1, int(float(config.get("health", "check every", "10"))))
         rules = default_rules()
         for rule in rules:

@@ -21,9 +21,7 @@ import uvicorn
 from tether import __version__
 from tether.agent.access import AccessList
 from tether.agent.api import create_app
-from tether.agent.config import AgentConfig, ConfigError, load_config
 from tether.agent.control_server import ControlServer
-from tether.agent.identity import MachineGuidError, load_or_create_machine_guid
 from tether.agent.logs import AgentLog
 from tether.agent.runtime import Agent
 from tether.agent.system import (
@@ -34,6 +32,8 @@ from tether.agent.system import (
     lookup_user,
     warn_if_volatile,
 )
+from tether.node.config import AgentConfig, ConfigError, load_config
+from tether.node.identity import MachineGuidError, load_or_create_machine_guid
 from tether.paths import AgentPaths
 
 log = logging.getLogger("tether.agent")

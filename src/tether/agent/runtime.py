@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from tether import __version__
-from tether.agent.claim_state import ClaimState, load_claim_state
 from tether.agent.collectors import Collector, default_collectors
-from tether.agent.config import AgentConfig, load_config
 from tether.agent.health import Health
 from tether.agent.storage import Store
+from tether.node.cloud_d import ClaimState, load_claim_state
+from tether.node.config import AgentConfig, load_config
 from tether.paths import AgentPaths
 
 log = logging.getLogger("tether.agent")
@@ -57,7 +57,7 @@ class Agent:
         self.update_every = max(1, config.get_int("global", "update every"))
         history = max(60, config.get_int("global", "history seconds"))
         self.store = Store(history_seconds=history, update_every=self.update_every)
-        failing = config.get("debug", "failing collector", "no").lower() in ("yes", "true", "1")
+        failing = config.get_bool("debug", "failing collector", False)
         disabled = {k for k in self._plugin_names() if not self._plugin_enabled(k)}
         self.collectors: list[Collector] = [
             c for c in default_collectors(self.store, failing=failing) if c.name not in disabled
@@ -100,8 +100,7 @@ class Agent:
         ]
 
     def _plugin_enabled(self, name: str) -> bool:
-        raw = self.config.get("plugins", name, "yes").lower()
-        return raw not in ("no", "false", "0")
+        return self.config.get_bool("plugins", name, True)
 
     def reload_claiming_state(self) -> ClaimState:
         self.claim = load_claim_state(self.paths)

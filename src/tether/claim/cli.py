@@ -14,7 +14,7 @@ from typing import TextIO
 
 from tether.claim.exit_codes import Exit
 from tether.claim.flow import ClaimOptions, claim
-from tether.claim.state import split_rooms
+from tether.node.cloud_d import split_rooms
 from tether.paths import AgentPaths
 
 USAGE = """\

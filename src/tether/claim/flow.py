@@ -1,6 +1,6 @@
 """Claiming a node, step by step; shared by `tether-claim`, `tether-agent -W claim`
 and claim-on-start. Each step that can fail returns the exit code of the
-table in design.md with a message naming what was wrong and what to do.
+table in docs/claiming.md with a message naming what was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tether.agent.config import AgentConfig, ConfigError, load_config
-from tether.claim import keys, state
+from tether.claim import keys
 from tether.claim.exit_codes import Exit
 from tether.claim.request import ClaimRequest, send_claim
 from tether.control import AgentNotRunning, send_command
 from tether.net.proxy import ProxyChoice, ProxyConfigError, claim_proxy
 from tether.net.tls import INSECURE_WARNING, TLSConfigError, client_ssl_context
+from tether.node import cloud_d
+from tether.node.config import AgentConfig, ConfigError, load_config
+from tether.node.identity import MachineGuidError, load_or_create_machine_guid
 from tether.paths import AgentPaths
 
 SUCCESS_LINE = "Agent was successfully claimed."
@@ -114,8 +116,6 @@ def _agent_user(opts: ClaimOptions, config: AgentConfig) -> pwd.struct_passwd | 
 
 
 def _machine_guid(paths: AgentPaths) -> str:
-    from tether.agent.identity import MachineGuidError, load_or_create_machine_guid
-
     try:
         return load_or_create_machine_guid(paths)
     except MachineGuidError as exc:
@@ -159,13 +159,13 @@ def _claim(
                 "agent's user",
             ) from exc
     try:
-        conf = state.read_cloud_conf(paths)
-        stored_token = state.read_token(paths)
-        stored_rooms = state.read_rooms(paths)
-        previous_id = state.read_claimed_id(paths)
-    except state.ClaimDirError as exc:
+        conf = cloud_d.read_cloud_conf(paths)
+        stored_token = cloud_d.read_token(paths)
+        stored_rooms = cloud_d.read_rooms(paths)
+        previous_id = cloud_d.read_claimed_id(paths)
+    except cloud_d.ClaimDirError as exc:
         raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
-    if state.cloud_disabled(conf):
+    if not cloud_d.cloud_enabled(conf):
         raise _Stop(
             Exit.CLOUD_DISABLED,
             f"the Cloud is disabled on this node ({paths.cloud_conf_file}: enabled = "
@@ -217,9 +217,9 @@ def _claim(
     if hostname is None:
         hostname = config.get("global", "hostname") or socket.gethostname()
     try:
-        state.ensure_cloud_dir(paths)
+        cloud_d.ensure_cloud_dir(paths)
         pair = keys.load(paths.private_key_file)
-    except (state.ClaimDirError, keys.KeyFileError) as exc:
+    except (cloud_d.ClaimDirError, keys.KeyFileError) as exc:
         raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
     # A new identity for an already claimed node gets a new key, kept in memory
     # until the Cloud accepts it, so a failed attempt leaves the old identity whole.
@@ -260,9 +260,9 @@ def _claim(
     try:
         if save_after:
             keys.save(pair, paths.private_key_file, paths.public_key_file)
-        state.write_claimed(paths, node_id, url, rooms)
+        cloud_d.write_claimed(paths, node_id, url, rooms)
         if owner is not None:
-            state.chown_cloud_dir(paths, owner.pw_uid, owner.pw_gid)
+            cloud_d.chown_cloud_dir(paths, owner.pw_uid, owner.pw_gid)
     except OSError as exc:
         raise _Stop(
             Exit.CLAIM_DIR,

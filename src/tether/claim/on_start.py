@@ -12,9 +12,9 @@ import logging
 import os
 from collections.abc import Mapping
 
-from tether.agent.config import AgentConfig
 from tether.claim.flow import ClaimOptions, claim
-from tether.claim.state import ClaimDirError, read_claimed_id, split_rooms
+from tether.node.cloud_d import ClaimDirError, read_claimed_id, split_rooms
+from tether.node.config import AgentConfig
 from tether.paths import AgentPaths
 
 PREFIXES = ("TETHER_CLAIM_", "NETDATA_CLAIM_")

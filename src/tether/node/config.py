@@ -2,7 +2,8 @@
 `[directories]`, keys with spaces as in the reference (`run as user`).
 
 Every Tether command on the node reads it through here, so the claim command
-and the link see the same `[cloud] proxy`.
+and the link see the same `[cloud] proxy`. Every yes/no setting of the node
+(here and in `cloud.d/cloud.conf`) goes through `parse_bool`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 
+# As in the reference: yes/true/on/1 and "auto" (no setting here has a third,
+# on-demand state) are on; no/false/off/0 are off. enabled/disabled too, so
+# `cloud.conf`'s `enabled = disabled` means off for the agent and the claim.
+TRUE_WORDS = frozenset({"yes", "true", "on", "1", "auto", "enabled"})
+FALSE_WORDS = frozenset({"no", "false", "off", "0", "disabled"})
+
+
+def parse_bool(raw: str | None, default: bool) -> bool:
+    """A yes/no setting, case and surrounding spaces ignored; any other word
+    (or none) means the setting's default."""
+    value = (raw or "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    return default
+
+
 class ConfigError(Exception):
     """tether.conf cannot be read; the message names the file and the line."""
 
@@ -59,6 +78,9 @@ class AgentConfig:
             raise ConfigError(
                 f"{self.path}: [{section}] {key} = {raw!r} is not a whole number"
             ) from exc
+
+    def get_bool(self, section: str, key: str, default: bool) -> bool:
+        return parse_bool(self.get(section, key), default)
 
     def set(self, section: str, key: str, value: str, origin: str | None = None) -> None:
         if not self._parser.has_section(section):

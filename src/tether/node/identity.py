@@ -1,7 +1,7 @@
 """The node's machine GUID: created once, reused for the node's whole life.
 
-The claim command imports `load_or_create_machine_guid` and `MachineGuidError`
-from here, so the agent and the claim agree on one identity.
+The agent and the claim command both call `load_or_create_machine_guid`, so
+they agree on one identity.
 """
 
 from __future__ import annotations

@@ -1,7 +1,17 @@
-"""The claim's files in cloud.d: what is read before a claim, what is written after.
+"""The node's claim files in `cloud.d/`: the one reader and writer.
+
+- `claimed_id`: the node's claim id (first line); present means claimed;
+- `cloud.conf`: INI, `[global] enabled = yes|no` (missing file or key: yes;
+  the words are `tether.node.config.parse_bool`'s) and `cloud base url = URL`;
+- `token`, `rooms`: a claiming token and War Rooms left for a later claim;
+- `private.pem`, `public.pem` (written by `tether.claim.keys`) and
+  `cloud_fullchain.pem` (put there by the admin, read by `tether.net.tls`):
+  their paths are in `tether.paths.AgentPaths`.
 
 Only a successful claim writes `claimed_id` and `cloud.conf`, each atomically,
-so a failed claim never leaves a node half-claimed.
+so a failed claim never leaves a node half-claimed. The claim stops on a file
+it cannot read (`ClaimDirError`); the agent (`load_claim_state`) reads such a
+file as absent and keeps serving locally.
 """
 
 from __future__ import annotations
@@ -9,16 +19,25 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from tether.atomic import write_atomic
+from tether.node.config import parse_bool
 from tether.paths import AgentPaths
-
-FALSE_WORDS = {"no", "false", "0", "off", "disabled"}
 
 
 class ClaimDirError(Exception):
     """cloud.d cannot be created, read or written; the message names the path."""
+
+
+@dataclass
+class ClaimState:
+    """What the agent acts on: whether to keep a link, as which node, to where."""
+
+    enabled: bool
+    claimed_id: str | None
+    cloud_base_url: str | None
 
 
 def _read_text(path: Path) -> str | None:
@@ -33,11 +52,14 @@ def _read_text(path: Path) -> str | None:
 
 
 def read_cloud_conf(paths: AgentPaths) -> dict[str, str]:
-    """`[global]` of cloud.d/cloud.conf, or {} when absent."""
+    """`[global]` of cloud.d/cloud.conf, values stripped, or {} when absent."""
     text = _read_text(paths.cloud_conf_file)
     if text is None:
         return {}
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    # Not strict, like tether.conf: a key given twice takes its last value.
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=False, inline_comment_prefixes=("#", ";")
+    )
     try:
         parser.read_string(text, source=str(paths.cloud_conf_file))
     except configparser.Error as exc:
@@ -47,8 +69,34 @@ def read_cloud_conf(paths: AgentPaths) -> dict[str, str]:
     return {k: v.strip() for k, v in parser.items("global")}
 
 
-def cloud_disabled(conf: dict[str, str]) -> bool:
-    return conf.get("enabled", "yes").strip().lower() in FALSE_WORDS
+def cloud_enabled(conf: dict[str, str]) -> bool:
+    """`[global] enabled` of cloud.conf as read by `read_cloud_conf`."""
+    return parse_bool(conf.get("enabled"), True)
+
+
+def read_claimed_id(paths: AgentPaths) -> str | None:
+    text = (_read_text(paths.claimed_id_file) or "").strip()
+    if not text:
+        return None
+    return text.splitlines()[0].strip()
+
+
+def load_claim_state(paths: AgentPaths) -> ClaimState:
+    """The agent's view of cloud.d; re-read on `reload-claiming-state`. A file
+    that cannot be read or parsed counts as absent."""
+    try:
+        conf = read_cloud_conf(paths)
+    except ClaimDirError:
+        conf = {}
+    try:
+        claimed_id = read_claimed_id(paths)
+    except ClaimDirError:
+        claimed_id = None
+    return ClaimState(
+        enabled=cloud_enabled(conf),
+        claimed_id=claimed_id,
+        cloud_base_url=conf.get("cloud base url") or None,
+    )
 
 
 def read_token(paths: AgentPaths) -> str | None:
@@ -63,13 +111,8 @@ def read_rooms(paths: AgentPaths) -> list[str]:
 
 
 def split_rooms(text: str) -> list[str]:
+    """War Room ids separated by commas or newlines (the rooms file, `-rooms=`)."""
     return [r.strip() for r in text.replace("\n", ",").split(",") if r.strip()]
-
-
-def read_claimed_id(paths: AgentPaths) -> str | None:
-    text = _read_text(paths.claimed_id_file)
-    value = text.strip() if text else ""
-    return value or None
 
 
 def ensure_cloud_dir(paths: AgentPaths) -> None:
