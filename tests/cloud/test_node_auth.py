@@ -1,27 +1,41 @@
 """The rules of node authentication, in process: which challenges a node may
-hold, what an answer means, and who a failure counts against. The in-memory
-store runs on a fake clock; the database store (SQLite here, PostgreSQL too
-when TETHER_TEST_DATABASE_URL is set) must give the same answers."""
+hold, what an answer means, how link tokens are used, and who a failure counts
+against. Every secret-store scenario runs through the `SecretStore` interface
+against both implementations, on a fake clock: `MemorySecretStore` and
+`DatabaseSecretStore` (SQLite here, PostgreSQL too when
+TETHER_TEST_DATABASE_URL is set) must give the same answers."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete
 
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.cloud import PG_ENV, _create_pg_database
 from tests.fixtures.peer import new_key
-from tether.cloud import node_auth
 from tether.cloud.db import Database, migrate
-from tether.cloud.models import Node, NodeChallenge, User
-from tether.cloud.node_auth import AuthLimits, NodeAuthError, OneTimeSecrets
+from tether.cloud.models import Node, User
+from tether.cloud.node_auth import AuthLimits
+from tether.cloud.secret_store import (
+    LINK_TOKEN_TTL_SECONDS,
+    MAX_OUTSTANDING_PER_NODE,
+    Answered,
+    ChallengeRefused,
+    DatabaseSecretStore,
+    MemorySecretStore,
+    SecretStore,
+    UnknownNode,
+)
 from tether.cloud.store import spaces as space_store
 from tether.protocol import auth
 
@@ -31,80 +45,6 @@ TTL = 50.0
 @pytest.fixture(scope="module")
 def key() -> tuple[bytes, bytes]:
     return new_key()
-
-
-# -- the two stores behind one face ------------------------------------------------
-
-
-class Store(Protocol):
-    node_id: str
-
-    def issue(self, address: str) -> tuple[str, bytes]: ...  # (challenge id, sealed)
-
-    def answer(self, challenge_id: str | None, plaintext: bytes) -> str: ...  # "ok" or key
-
-    def expire_all(self) -> None: ...
-
-
-class MemoryStore:
-    def __init__(self, public_pem: bytes) -> None:
-        self.node_id = str(uuid.uuid4())
-        self.public_pem = public_pem
-        self.clock = FakeClock()
-        self.memory = OneTimeSecrets(self.clock)
-
-    def issue(self, address: str) -> tuple[str, bytes]:
-        challenge = auth.make_challenge()
-        cid = self.memory.add_challenge(self.node_id, address, challenge, TTL)
-        return cid, auth.encrypt_challenge(self.public_pem, challenge)
-
-    def answer(self, challenge_id: str | None, plaintext: bytes) -> str:
-        outcome = self.memory.consume_challenge(self.node_id, challenge_id, plaintext)
-        return {"ok": "ok", "wrong": "ErrIncorrectResponse", "expired": "ErrChallengeExpired"}[
-            outcome
-        ]
-
-    def expire_all(self) -> None:
-        self.clock.now += TTL
-
-
-class DatabaseStore:
-    def __init__(self, db: Database, public_pem: bytes) -> None:
-        self.db = db
-        self.node_id = str(uuid.uuid4())
-        with db.session(write_lock=True) as s:
-            user = User(email=f"{self.node_id}@b.c", name="a", password_hash="x")
-            s.add(user)
-            s.flush()
-            space = space_store.create_space(s, "S", user)
-            s.add(
-                Node(
-                    id=self.node_id,
-                    space_id=space.id,
-                    hostname="h",
-                    public_key_pem=public_pem.decode(),
-                    public_key_sha256="f",
-                )
-            )
-
-    def issue(self, address: str) -> tuple[str, bytes]:
-        return node_auth.issue_challenge(self.db, self.node_id, TTL, address)
-
-    def answer(self, challenge_id: str | None, plaintext: bytes) -> str:
-        try:
-            node_auth.answer_challenge(self.db, self.node_id, challenge_id, plaintext)
-        except NodeAuthError as exc:
-            return exc.key
-        return "ok"
-
-    def expire_all(self) -> None:
-        past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-        with self.db.session(write_lock=True) as s:
-            s.execute(
-                update(NodeChallenge)
-                .where(NodeChallenge.node_id == self.node_id)
-                .values(expires_at=past)
-            )
 
 
 @pytest.fixture(scope="module")
@@ -121,100 +61,255 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
         drop()
 
 
+def add_node(db: Database, public_pem: bytes) -> str:
+    node_id = str(uuid.uuid4())
+    with db.session(write_lock=True) as s:
+        user = User(email=f"{node_id}@b.c", name="a", password_hash="x")
+        s.add(user)
+        s.flush()
+        space = space_store.create_space(s, "S", user)
+        s.add(
+            Node(
+                id=node_id,
+                space_id=space.id,
+                hostname="h",
+                public_key_pem=public_pem.decode(),
+                public_key_sha256="f",
+            )
+        )
+    return node_id
+
+
+@dataclass
+class Secrets:
+    """One store behind the interface, its fake clock and a registered node."""
+
+    store: SecretStore
+    clock: FakeClock
+    db: Database
+    node_id: str
+    private_pem: bytes
+
+    async def issue(self, address: str) -> tuple[str, bytes]:  # (challenge id, sealed)
+        return await self.store.issue_challenge(self.node_id, address, TTL)
+
+    async def answer(self, challenge_id: str | None, plaintext: bytes) -> Answered:
+        return await self.store.answer_challenge(self.node_id, challenge_id, plaintext)
+
+    async def outcome(self, challenge_id: str | None, plaintext: bytes) -> str:
+        return (await self.answer(challenge_id, plaintext)).outcome
+
+    def plaintext(self, sealed: bytes) -> bytes:
+        return auth.decrypt_challenge(self.private_pem, sealed)
+
+    async def refusal(self, address: str) -> ChallengeRefused:
+        with pytest.raises(ChallengeRefused) as info:
+            await self.issue(address)
+        return info.value
+
+
 @pytest.fixture(params=["memory", "database"])
-def store(request: pytest.FixtureRequest, key: tuple[bytes, bytes], database: Database) -> Store:
+def secrets(
+    request: pytest.FixtureRequest, key: tuple[bytes, bytes], database: Database
+) -> Secrets:
+    node_id = add_node(database, key[1])
+    store: SecretStore
     if request.param == "memory":
-        return MemoryStore(key[1])
-    return DatabaseStore(database, key[1])
+        clock = FakeClock()
+        store = MemorySecretStore(database, clock)
+    else:
+        # Wall time, whole seconds (so differences are exact), moved by the test.
+        clock = FakeClock(float(int(time.time())))
+        store = DatabaseSecretStore(database, lambda: dt.datetime.fromtimestamp(clock.now, dt.UTC))
+    return Secrets(store, clock, database, node_id, key[0])
 
 
-def plaintext(key: tuple[bytes, bytes], sealed: bytes) -> bytes:
-    return auth.decrypt_challenge(key[0], sealed)
-
-
-def refusal(store: Store, address: str) -> NodeAuthError:
-    with pytest.raises(NodeAuthError) as info:
-        store.issue(address)
-    assert info.value.key == "ErrRateLimited" and info.value.status == 429
-    assert info.value.retry_after is not None
-    return info.value
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 30))
 
 
 # -- issuing: nothing is evicted, a flood gets 429 ----------------------------------
 
 
 def test_a_flood_from_one_address_holds_two_challenges_and_evicts_nothing(
-    store: Store, key: tuple[bytes, bytes]
+    secrets: Secrets,
 ) -> None:
-    node_cid, node_sealed = store.issue("192.0.2.1")  # the node's own attempt
-    flood = [store.issue("198.51.100.7") for _ in range(2)]
-    for _ in range(20):
-        refused = refusal(store, "198.51.100.7")
-        assert 1 <= (refused.retry_after or 0) <= TTL
-        assert "still unanswered" in refused.message
-    # The node's challenge survived the flood, and the node may ask for more.
-    assert store.answer(node_cid, plaintext(key, node_sealed)) == "ok"
-    cid, sealed = store.issue("192.0.2.1")
-    assert store.answer(cid, plaintext(key, sealed)) == "ok"
-    # Answering frees the flood's slot (answered once, right or wrong).
-    assert store.answer(flood[0][0], b"\x00" * 32) == "ErrIncorrectResponse"
-    store.issue("198.51.100.7")
+    async def main() -> None:
+        node_cid, node_sealed = await secrets.issue("192.0.2.1")  # the node's own attempt
+        flood = [await secrets.issue("198.51.100.7") for _ in range(2)]
+        secrets.clock.now += 10
+        for _ in range(20):
+            refused = await secrets.refusal("198.51.100.7")
+            assert refused.retry_after == TTL - 10  # until the flood's oldest expires
+            assert refused.message == (
+                "2 challenges for this node from 198.51.100.7 are still unanswered; "
+                "answer one, or ask again in 40 seconds."
+            )
+        # The node's challenge survived the flood, and the node may ask for more.
+        assert await secrets.outcome(node_cid, secrets.plaintext(node_sealed)) == "ok"
+        cid, sealed = await secrets.issue("192.0.2.1")
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "ok"
+        # Answering frees the flood's slot (answered once, right or wrong).
+        assert await secrets.outcome(flood[0][0], b"\x00" * 32) == "wrong"
+        await secrets.issue("198.51.100.7")
+
+    run(main())
 
 
-def test_a_node_holds_at_most_32_and_expired_ones_make_room(
-    store: Store, key: tuple[bytes, bytes]
-) -> None:
-    held = [store.issue(f"203.0.113.{i // 2}") for i in range(node_auth.MAX_OUTSTANDING_PER_NODE)]
-    refused = refusal(store, "192.0.2.1")
-    assert "unanswered challenges" in refused.message
-    assert 1 <= (refused.retry_after or 0) <= TTL
-    # Those held are all still good: the cap refused the newcomer, not them.
-    cid, sealed = held[0]
-    assert store.answer(cid, plaintext(key, sealed)) == "ok"
-    store.issue("192.0.2.1")  # the answered one made room
-    refusal(store, "192.0.2.2")
-    store.expire_all()
-    cid, sealed = store.issue("192.0.2.2")  # expired ones do not count
-    assert store.answer(cid, plaintext(key, sealed)) == "ok"
+def test_a_node_holds_at_most_32_and_expired_ones_make_room(secrets: Secrets) -> None:
+    async def main() -> None:
+        held = [await secrets.issue(f"203.0.113.{i // 2}") for i in range(MAX_OUTSTANDING_PER_NODE)]
+        refused = await secrets.refusal("192.0.2.1")
+        assert refused.message == (
+            "This node has 32 unanswered challenges, the most it may have; ask again in 50 seconds."
+        )
+        assert refused.retry_after == TTL
+        # Those held are all still good: the cap refused the newcomer, not them.
+        cid, sealed = held[0]
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "ok"
+        await secrets.issue("192.0.2.1")  # the answered one made room
+        await secrets.refusal("192.0.2.2")
+        secrets.clock.now += TTL
+        cid, sealed = await secrets.issue("192.0.2.2")  # expired ones do not count
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "ok"
+
+    run(main())
 
 
-# -- answering: 403 only for a live challenge answered wrong --------------------
+def test_concurrent_askers_are_all_counted(secrets: Secrets) -> None:
+    async def main() -> None:
+        results = await asyncio.gather(
+            *(secrets.issue("198.51.100.7") for _ in range(5)), return_exceptions=True
+        )
+        assert sum(isinstance(r, tuple) for r in results) == 2
+        assert sum(isinstance(r, ChallengeRefused) for r in results) == 3
+
+    run(main())
 
 
-def test_answers_mean_what_the_protocol_says(store: Store, key: tuple[bytes, bytes]) -> None:
-    cid, sealed = store.issue("192.0.2.1")
-    right = plaintext(key, sealed)
-    # Unknown (never issued, evicted, forgotten by a restart): ask again, 401.
-    assert store.answer("no-such-challenge", right) == "ErrChallengeExpired"
-    assert store.answer(str(uuid.uuid4()), right) == "ErrChallengeExpired"
-    # Live, answered wrong: the wrong key, 403; and it is gone.
-    assert store.answer(cid, b"\x01" * 32) == "ErrIncorrectResponse"
-    assert store.answer(cid, right) == "ErrChallengeExpired"
-    # Live, answered right: ok once; a replay is 401.
-    cid, sealed = store.issue("192.0.2.1")
-    assert store.answer(cid, plaintext(key, sealed)) == "ok"
-    assert store.answer(cid, plaintext(key, sealed)) == "ErrChallengeExpired"
-    # Expired: 401.
-    cid, sealed = store.issue("192.0.2.1")
-    store.expire_all()
-    assert store.answer(cid, plaintext(key, sealed)) == "ErrChallengeExpired"
+def test_unknown_node_gets_no_challenge(secrets: Secrets) -> None:
+    async def main() -> None:
+        nobody = str(uuid.uuid4())
+        with pytest.raises(UnknownNode):
+            await secrets.store.issue_challenge(nobody, "192.0.2.1", TTL)
+        # Nothing was held for it: an answer finds no challenge.
+        answered = await secrets.store.answer_challenge(nobody, None, b"\x00" * 32)
+        assert answered == Answered("expired")
+
+    run(main())
 
 
-def test_older_agents_without_a_challenge_id(store: Store, key: tuple[bytes, bytes]) -> None:
-    _, sealed = store.issue("192.0.2.1")
-    # Matching nothing cannot be told from a lost challenge: 401, never 403.
-    assert store.answer(None, b"\x01" * 32) == "ErrChallengeExpired"
-    assert store.answer(None, plaintext(key, sealed)) == "ok"
-    assert store.answer(None, plaintext(key, sealed)) == "ErrChallengeExpired"
+# -- answering: "wrong" only for a live challenge answered wrong -------------------
 
 
-def test_unknown_node_is_not_found(database: Database) -> None:
-    with pytest.raises(NodeAuthError) as info:
-        node_auth.issue_challenge(database, str(uuid.uuid4()), TTL, "192.0.2.1")
-    assert info.value.key == "ErrNodeNotFound"
-    with pytest.raises(NodeAuthError) as info:
-        node_auth.answer_challenge(database, str(uuid.uuid4()), "x", b"\x00" * 32)
-    assert info.value.key == "ErrNodeNotFound"
+def test_answers_mean_what_the_protocol_says(secrets: Secrets) -> None:
+    async def main() -> None:
+        cid, sealed = await secrets.issue("192.0.2.1")
+        right = secrets.plaintext(sealed)
+        # Unknown (never issued, evicted, forgotten by a restart): ask again, 401.
+        assert await secrets.outcome("no-such-challenge", right) == "expired"
+        assert await secrets.outcome(str(uuid.uuid4()), right) == "expired"
+        # Live, answered wrong: the wrong key, 403; and it is gone.
+        assert await secrets.answer(cid, b"\x01" * 32) == Answered("wrong")
+        assert await secrets.outcome(cid, right) == "expired"
+        # Live, answered right: ok once, with a link token; a replay is 401.
+        cid, sealed = await secrets.issue("192.0.2.1")
+        answered = await secrets.answer(cid, secrets.plaintext(sealed))
+        assert answered.outcome == "ok" and len(answered.link_token) >= 32
+        assert await secrets.answer(cid, secrets.plaintext(sealed)) == Answered("expired")
+        # Expired: 401, a moment after its lifetime and not before.
+        cid, sealed = await secrets.issue("192.0.2.1")
+        secrets.clock.now += TTL
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "expired"
+        cid, sealed = await secrets.issue("192.0.2.1")
+        secrets.clock.now += TTL - 1
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "ok"
+
+    run(main())
+
+
+def test_older_agents_without_a_challenge_id(secrets: Secrets) -> None:
+    async def main() -> None:
+        _, sealed = await secrets.issue("192.0.2.1")
+        # Matching nothing cannot be told from a lost challenge: 401, never 403.
+        assert await secrets.outcome(None, b"\x01" * 32) == "expired"
+        assert await secrets.outcome(None, secrets.plaintext(sealed)) == "ok"
+        assert await secrets.outcome(None, secrets.plaintext(sealed)) == "expired"
+
+    run(main())
+
+
+def test_of_concurrent_answers_one_wins(secrets: Secrets) -> None:
+    async def main() -> None:
+        cid, sealed = await secrets.issue("192.0.2.1")
+        right = secrets.plaintext(sealed)
+        answers = await asyncio.gather(*(secrets.answer(cid, right) for _ in range(5)))
+        assert sorted(a.outcome for a in answers) == ["expired"] * 4 + ["ok"]
+
+    run(main())
+
+
+# -- link tokens: one connection each, a minute at most ----------------------------
+
+
+async def link_token(secrets: Secrets) -> str:
+    cid, sealed = await secrets.issue("192.0.2.1")
+    answered = await secrets.answer(cid, secrets.plaintext(sealed))
+    assert answered.outcome == "ok"
+    return answered.link_token
+
+
+def test_a_link_token_names_its_node_once(secrets: Secrets) -> None:
+    async def main() -> None:
+        token = await link_token(secrets)
+        assert await secrets.store.consume_link_token("not-" + token) is None
+        assert await secrets.store.consume_link_token(token) == secrets.node_id
+        assert await secrets.store.consume_link_token(token) is None  # a replay
+
+    run(main())
+
+
+def test_a_link_token_expires_after_a_minute(secrets: Secrets) -> None:
+    async def main() -> None:
+        late, in_time = await link_token(secrets), await link_token(secrets)
+        secrets.clock.now += LINK_TOKEN_TTL_SECONDS - 1
+        assert await secrets.store.consume_link_token(in_time) == secrets.node_id
+        secrets.clock.now += 1
+        assert await secrets.store.consume_link_token(late) is None
+
+    run(main())
+
+
+def test_a_removed_nodes_secrets_stop_working(secrets: Secrets) -> None:
+    async def main() -> None:
+        token = await link_token(secrets)
+        cid, sealed = await secrets.issue("192.0.2.1")
+        with secrets.db.session(write_lock=True) as s:  # the node is removed
+            s.execute(delete(Node).where(Node.id == secrets.node_id))
+        await secrets.store.forget_node(secrets.node_id)
+        assert await secrets.store.consume_link_token(token) is None
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "expired"
+
+    run(main())
+
+
+def test_purging_keeps_what_is_live(secrets: Secrets) -> None:
+    async def main() -> None:
+        old_token = await link_token(secrets)
+        old_cid, old_sealed = await secrets.issue("192.0.2.1")
+        secrets.clock.now += TTL - 1
+        token = await link_token(secrets)
+        cid, sealed = await secrets.issue("192.0.2.1")
+        secrets.clock.now += 2  # the first ones are expired now, the second not
+        await secrets.store.purge_expired()
+        assert await secrets.outcome(old_cid, secrets.plaintext(old_sealed)) == "expired"
+        assert await secrets.outcome(cid, secrets.plaintext(sealed)) == "ok"
+        assert await secrets.store.consume_link_token(token) == secrets.node_id
+        secrets.clock.now += LINK_TOKEN_TTL_SECONDS
+        await secrets.store.purge_expired()
+        assert await secrets.store.consume_link_token(old_token) is None
+
+    run(main())
 
 
 # -- budgets: failures count against (node, address) ------------------------------

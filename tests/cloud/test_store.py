@@ -7,9 +7,11 @@ import uuid
 
 from tests.fixtures.cloud import PG_ENV, _create_pg_database
 from tether.cloud.db import Database, migrate
+from tether.cloud.link import presence
 from tether.cloud.models import Node, User
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
+from tether.protocol.states import CAUSE_CLOSED, CAUSE_KEEPALIVE, NodeState
 
 
 def test_late_close_of_old_session_does_not_mark_newer_offline(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -38,11 +40,15 @@ def test_late_close_of_old_session_does_not_mark_newer_offline(tmp_path) -> None
         with db.session(write_lock=True) as s:
             node = s.get(Node, nid)
             assert node is not None
-            assert node_store.set_state(s, node, "live", "connected", session_id="one")
-            assert node_store.set_state(s, node, "live", "reconnected", session_id="two")
-            assert not node_store.set_state(s, node, "offline", "closed", session_id="one")
+            node_store.set_state(s, node, NodeState.LIVE, "connected", session_id="one")
+            node_store.set_state(s, node, NodeState.LIVE, "reconnected", session_id="two")
+            # The late close of the replaced session "one" changes nothing.
+            assert not presence.go_offline(s, node, "one", "closed", CAUSE_CLOSED)
             assert node.state == "live" and node.connected_session_id == "two"
-            assert node_store.set_state(s, node, "offline", "keepalive lost", session_id="two")
+            assert presence.go_offline(s, node, "two", "keepalive lost", CAUSE_KEEPALIVE)
+            assert node.state == "offline" and node.connected_session_id is None
+            # Closed once: a second close of the same session changes nothing.
+            assert not presence.go_offline(s, node, "two", "closed", CAUSE_CLOSED)
         with db.session(write_lock=True) as s:
             outsider = User(email="o@b.c", name="o", password_hash="x")
             s.add(outsider)

@@ -128,7 +128,51 @@ def test_in_memory_presence_callbacks() -> None:
     run(main())
 
 
+def test_in_memory_router_names_its_process_and_hears_no_takeover() -> None:
+    async def main() -> None:
+        a, b = InMemoryRouter(), InMemoryRouter()
+        routers: list[Router] = [a, b]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", r.process_id) for r in routers)
+        assert a.process_id != b.process_id
+        assert InMemoryRouter("proc-1").process_id == "proc-1"
+        with pytest.raises(ValueError, match="process id"):
+            InMemoryRouter("a.b")
+        taken: list[str] = []
+
+        async def on_takeover(node_id: str) -> None:
+            taken.append(node_id)
+
+        for r in routers:
+            r.subscribe_takeover(on_takeover)
+            await r.register("n", agent_handler("x"))  # the same node on both
+        assert taken == []  # separate single-process Clouds: nobody takes over
+
+    run(main())
+
+
 # -- NATS -----------------------------------------------------------------------
+
+
+@pytest.mark.nats
+def test_nats_takeover_reaches_the_process_that_held_the_node() -> None:
+    async def main() -> None:
+        async with nats_pair() as (a, b):
+            routers: list[Router] = [a, b]
+            taken: dict[str, list[str]] = {r.process_id: [] for r in routers}
+            for r in routers:
+
+                async def on_takeover(node_id: str, r: Router = r) -> None:
+                    taken[r.process_id].append(node_id)
+
+                r.subscribe_takeover(on_takeover)
+            await a.register("n", agent_handler("a"))
+            await asyncio.sleep(0.05)  # a's ownership broadcast reaches b
+            await b.register("other", agent_handler("b"))  # a does not hold it: no takeover
+            await b.register("n", agent_handler("b"))  # the node moved to b
+            await asyncio.sleep(0.2)  # b's ownership broadcasts reach a
+            assert taken == {a.process_id: ["n"], b.process_id: []}
+
+    run(main())
 
 
 @pytest.mark.nats
@@ -207,13 +251,14 @@ def test_nats_node_moves_and_goes_away() -> None:
             resp = await a.request("n", QueryRequest(id=1, path="/"), timeout=2)
             assert answer(resp)["by"] == "b"
             # The node reconnects to a: a answers locally, b's late close changes nothing.
-            await a.register("n", agent_handler("a"))
+            h_a = agent_handler("a")
+            await a.register("n", h_a)
             await b.unregister("n", h_b)
             await asyncio.sleep(0.05)
             resp = await b.request("n", QueryRequest(id=2, path="/"), timeout=2)
             assert answer(resp)["by"] == "a"
             # Then it leaves for good: both sides say not connected, quickly.
-            await a.unregister("n", a._local._handlers["n"])
+            await a.unregister("n", h_a)
             await asyncio.sleep(0.05)
             for r in (a, b):
                 with pytest.raises(NodeNotConnected):

@@ -16,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tether.cloud import space_ops
 from tether.cloud.auth import Principal, require_user
 from tether.cloud.body import int_field, read_json
 from tether.cloud.db import Database
-from tether.cloud.errors import ApiError, bad_request, forbidden, not_found
+from tether.cloud.errors import ApiError, bad_request, error_response, forbidden, not_found
 from tether.cloud.models import ClaimAudit, Room, Space, SpaceInvitation, User, utcnow
 from tether.cloud.secrets import SecretBox, iso
 from tether.cloud.store import claim_tokens
@@ -45,20 +46,13 @@ class Ctx:
 
     def space(self, needed: str = "member") -> Space:
         """The path's Space if the caller may act on it with `needed` role."""
-        space_id = self.param("space_id").lower()
-        role = space_store.role_of(self.s, space_id, self.user.user_id)
-        space = self.s.get(Space, space_id) if role else None
-        if space is None:
-            raise not_found("Space")
-        if not space_store.at_least(role, needed):
-            raise forbidden(f"This needs the {needed} role in the Space; you are {role}.")
+        space, _ = space_store.require_role(
+            self.s, self.param("space_id"), self.user.user_id, needed
+        )
         return space
 
     def room(self, space: Space) -> Room:
-        room = space_store.room_in_space(self.s, space.id, self.param("room_id").lower())
-        if room is None:
-            raise not_found("War Room")
-        return room
+        return space_ops.room(self.s, space, self.param("room_id"))
 
     def str_field(self, name: str) -> str:
         value = self.body.get(name)
@@ -99,6 +93,8 @@ def endpoint(fn: Handler) -> Callable[[Request], Any]:
 
         try:
             result = await run_in_threadpool(run)
+        except space_store.SpaceError as exc:
+            raise space_error(exc) from None
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         if isinstance(result, Response):
@@ -108,6 +104,23 @@ def endpoint(fn: Handler) -> Callable[[Request], Any]:
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__
     return wrapper
+
+
+def space_error(exc: space_store.SpaceError) -> ApiError:
+    """A refused Space operation as the API's JSON error (403, 404 or 400)."""
+    if isinstance(exc, space_store.Forbidden):
+        return forbidden(f"This needs the {exc.needed} role in the Space; you are {exc.role}.")
+    if isinstance(exc, space_store.AllNodesRoom):
+        return bad_request(exc.message)
+    assert isinstance(exc, space_store.NotFound), exc
+    if exc.what == "Invitation":
+        return ApiError(
+            404,
+            "ErrNotFound",
+            "No invitation by that id for your account; list yours with GET /api/v1/invitations "
+            "(an invitation counts only for the email it was sent to).",
+        )
+    return not_found(exc.what)
 
 
 def space_json(space: Space, role: str) -> dict[str, Any]:
@@ -191,18 +204,14 @@ def list_spaces(c: Ctx) -> Any:
 @endpoint
 def create_space(c: Ctx) -> Any:
     """Create a Space (JSON {"name"}); the creator becomes its admin."""
-    user = c.s.get(User, c.user.user_id)
-    assert user is not None
-    space = space_store.create_space(c.s, c.str_field("name"), user)
-    claim_tokens.rotate(c.s, c.request.app.state.secret_box, space.id, user.id)
-    return space_json(space, "admin")
+    box = c.request.app.state.secret_box
+    return space_json(space_ops.create_space(c.s, box, c.user, c.str_field("name")), "admin")
 
 
 @endpoint
 def get_space(c: Ctx) -> Any:
     """One Space with its rooms."""
-    space = c.space()
-    role = space_store.role_of(c.s, space.id, c.user.user_id) or "member"
+    space, role = space_store.require_role(c.s, c.param("space_id"), c.user.user_id)
     out = space_json(space, role)
     out["rooms"] = [room_json(c.s, r) for r in space_store.rooms(c.s, space.id)]
     return out
@@ -211,8 +220,7 @@ def get_space(c: Ctx) -> Any:
 @endpoint
 def rename_space(c: Ctx) -> Any:
     """Rename a Space (admin; JSON {"name"})."""
-    space = c.space("admin")
-    space.name = space_store.check_name(c.body.get("name"), "a Space")
+    space = space_ops.rename_space(c.s, c.user, c.param("space_id"), c.body.get("name"))
     return space_json(space, "admin")
 
 
@@ -252,32 +260,27 @@ def add_member(c: Ctx) -> Any:
     They become a member only when they accept, signed in as that email
     (`POST /api/v1/invitations/{invitation_id}/accept`); the answer is the same
     whether or not an account has the email yet. The token is shown only here."""
-    space = c.space("admin")
     email, role = c.str_field("email"), str(c.body.get("role", "member"))
     try:
-        token, inv = space_store.invite(c.s, space.id, email, role, c.user.user_id, utcnow())
+        token, inv = space_ops.invite(c.s, c.user, c.param("space_id"), email, role)
     except space_store.AlreadyMember as exc:
         raise ApiError(
             409,
             "ErrAlreadyMember",
             f"{exc}; change their role with PATCH {c.request.url.path}/{{user_id}}.",
         ) from None
-    log.info(
-        "invitation %s to space %s (role %s) made by %s", inv.prefix, space.id, role, c.user.email
-    )
     return {**invitation_json(c.s, inv), "token": token}
 
 
 def invitation_json(s: Session, inv: SpaceInvitation) -> dict[str, Any]:
-    space = s.get(Space, inv.space_id)
-    inviter = s.get(User, inv.invited_by) if inv.invited_by else None
+    space_name, inviter = space_store.invitation_parties(s, inv)
     return {
         "id": inv.id,
-        "space": {"id": inv.space_id, "name": space.name if space else ""},
+        "space": {"id": inv.space_id, "name": space_name},
         "email": inv.email,
         "role": inv.role,
         "state": space_store.invitation_state(inv, utcnow()),
-        "invited_by": inviter.email if inviter else None,
+        "invited_by": inviter,
         "created_at": iso(inv.created_at),
         "expires_at": iso(inv.expires_at),
     }
@@ -293,9 +296,7 @@ def list_space_invitations(c: Ctx) -> Any:
 @endpoint
 def revoke_invitation(c: Ctx) -> Any:
     """Withdraw an open invitation (admin); accepting it then gets 410."""
-    space = c.space("admin")
-    if not space_store.revoke_invitation(c.s, space.id, c.param("invitation_id"), utcnow()):
-        raise not_found("Open invitation")
+    space_ops.revoke_invitation(c.s, c.user, c.param("space_id"), c.param("invitation_id"))
     return Response(status_code=204)
 
 
@@ -307,43 +308,21 @@ def my_invitations(c: Ctx) -> Any:
     ]
 
 
-CLOSED = {
-    "expired": (410, "ErrInvitationExpired", "This invitation has expired"),
-    "revoked": (410, "ErrInvitationRevoked", "A Space admin withdrew or replaced this invitation"),
-    "accepted": (409, "ErrInvitationAnswered", "You already accepted this invitation"),
-    "declined": (409, "ErrInvitationAnswered", "You already declined this invitation"),
-}
-
-
 def invitation_closed(exc: space_store.InvitationClosed) -> ApiError:
-    status, key, what = CLOSED[exc.state]
-    return ApiError(
-        status, key, f"{what}; ask an admin of the Space to invite you again if you want to join."
-    )
+    return ApiError(*space_ops.closed(exc))
 
 
 def _answer(c: Ctx, inv: SpaceInvitation | None, accepting: bool) -> Any:
     """Accept or decline an invitation the caller's email was given."""
-    if inv is None:
-        raise ApiError(
-            404,
-            "ErrNotFound",
-            "No invitation by that id for your account; list yours with GET /api/v1/invitations "
-            "(an invitation counts only for the email it was sent to).",
-        )
     try:
-        if not accepting:
-            space_store.decline(c.s, inv, utcnow())
-            return Response(status_code=204)
-        user = c.s.get(User, c.user.user_id)
-        assert user is not None
-        space_store.accept(c.s, inv, user, utcnow())
+        answered = space_ops.answer_invitation(c.s, c.user, inv, accepting)
     except space_store.InvitationClosed as exc:
         raise invitation_closed(exc) from None
-    space = c.s.get(Space, inv.space_id)
+    if not accepting:
+        return Response(status_code=204)
+    space = c.s.get(Space, answered.space_id)
     assert space is not None
-    role = space_store.role_of(c.s, space.id, user.id) or inv.role
-    log.info("invitation %s to space %s accepted by %s", inv.prefix, space.id, user.email)
+    role = space_store.role_of(c.s, space.id, c.user.user_id) or answered.role
     return JSONResponse(space_json(space, role))
 
 
@@ -370,21 +349,15 @@ def decline_invitation(c: Ctx) -> Any:
 @endpoint
 def change_member(c: Ctx) -> Any:
     """Change a member's role (admin; JSON {"role"})."""
-    space = c.space("admin")
-    user = c.s.get(User, c.param("user_id"))
-    if user is None or space_store.role_of(c.s, space.id, user.id) is None:
-        raise not_found("Member")
     role = c.str_field("role")
-    space_store.set_member(c.s, space.id, user, role)
+    user = space_ops.change_member(c.s, c.user, c.param("space_id"), c.param("user_id"), role)
     return {"user_id": user.id, "email": user.email, "role": role}
 
 
 @endpoint
 def remove_member(c: Ctx) -> Any:
     """Remove a member from a Space (admin)."""
-    space = c.space("admin")
-    if not space_store.remove_member(c.s, space.id, c.param("user_id")):
-        raise not_found("Member")
+    space_ops.remove_member(c.s, c.user, c.param("space_id"), c.param("user_id"))
     return Response(status_code=204)
 
 
@@ -401,29 +374,22 @@ def list_rooms(c: Ctx) -> Any:
 @endpoint
 def create_room(c: Ctx) -> Any:
     """Create a War Room (manager or admin; JSON {"name"})."""
-    space = c.space("manager")
-    return room_json(c.s, space_store.create_room(c.s, space.id, c.str_field("name")))
+    room = space_ops.create_room(c.s, c.user, c.param("space_id"), c.str_field("name"))
+    return room_json(c.s, room)
 
 
 @endpoint
 def rename_room(c: Ctx) -> Any:
     """Rename a War Room (manager or admin; JSON {"name"})."""
-    room = c.room(c.space("manager"))
-    if room.is_all_nodes:
-        raise bad_request('The "All nodes" room cannot be renamed.')
-    room.name = space_store.check_name(c.body.get("name"), "a War Room")
+    name = c.body.get("name")
+    room = space_ops.rename_room(c.s, c.user, c.param("space_id"), c.param("room_id"), name)
     return room_json(c.s, room)
 
 
 @endpoint
 def delete_room(c: Ctx) -> Any:
     """Delete a War Room; its nodes stay in the Space (manager or admin)."""
-    room = c.room(c.space("manager"))
-    if room.is_all_nodes:
-        raise bad_request(
-            'The "All nodes" room cannot be deleted; it holds every node of the Space.'
-        )
-    c.s.delete(room)
+    space_ops.delete_room(c.s, c.user, c.param("space_id"), c.param("room_id"))
     return Response(status_code=204)
 
 
@@ -434,32 +400,20 @@ def room_nodes(c: Ctx) -> Any:
     return [node_store.node_json(n) for n in node_store.of_room(c.s, room.id)]
 
 
-def _room_and_node(c: Ctx) -> tuple[Room, Any]:
-    space = c.space("manager")
-    room = c.room(space)
-    node = node_store.in_space(c.s, space.id, c.param("node_id"))
-    if node is None:
-        raise not_found("Node")
-    return room, node
-
-
 @endpoint
 def add_room_node(c: Ctx) -> Any:
     """Add a node of the Space to a War Room (manager or admin)."""
-    room, node = _room_and_node(c)
-    node_store.add_to_room(c.s, node, room)
+    node_ids = [c.param("node_id")]
+    space_ops.add_room_nodes(c.s, c.user, c.param("space_id"), c.param("room_id"), node_ids)
     return Response(status_code=204)
 
 
 @endpoint
 def remove_room_node(c: Ctx) -> Any:
     """Take a node out of a War Room; it stays in the Space (manager or admin)."""
-    room, node = _room_and_node(c)
-    if room.is_all_nodes:
-        raise bad_request(
-            'A node cannot leave the "All nodes" room; remove it from the Space instead.'
-        )
-    node_store.remove_from_room(c.s, node, room)
+    space_ops.remove_room_node(
+        c.s, c.user, c.param("space_id"), c.param("room_id"), c.param("node_id")
+    )
     return Response(status_code=204)
 
 
@@ -489,18 +443,10 @@ def get_claim_token(c: Ctx) -> Any:
 def rotate_claim_token(c: Ctx) -> Any:
     """Rotate the claiming token (admin). The old one stops working at once;
     claimed nodes are not affected. Optional JSON {"expires_in": seconds}."""
-    space = c.space("admin")
     expires_in = int_field(c.body, "expires_in", 1, MAX_TOKEN_LIFETIME, " seconds")
     expires_at = None if expires_in is None else utcnow() + dt.timedelta(seconds=expires_in)
-    token, row = claim_tokens.rotate(
-        c.s, c.request.app.state.secret_box, space.id, c.user.user_id, expires_at
-    )
-    log.info(
-        "claiming token of space %s rotated by %s (new prefix %s)",
-        space.id,
-        c.user.email,
-        row.prefix,
-    )
+    box = c.request.app.state.secret_box
+    token, row = space_ops.rotate_claim_token(c.s, box, c.user, c.param("space_id"), expires_at)
     return _token_json(token, row)
 
 
@@ -541,10 +487,7 @@ def list_nodes(c: Ctx) -> Any:
 @endpoint
 def get_node(c: Ctx) -> Any:
     """One node with its recent events."""
-    space = c.space()
-    node = node_store.in_space(c.s, space.id, c.param("node_id"))
-    if node is None:
-        raise not_found("Node")
+    node = space_ops.node(c.s, c.space(), c.param("node_id"))
     out = node_store.node_json(node)
     out["events"] = [node_store.event_json(e) for e in node_store.events(c.s, node.id)]
     return out
@@ -553,16 +496,43 @@ def get_node(c: Ctx) -> Any:
 @endpoint
 def delete_node(c: Ctx) -> Any:
     """Remove a node from its Space, in any state; its key stops working (manager or admin)."""
-    space = c.space("manager")
-    node = node_store.in_space(c.s, space.id, c.param("node_id"))
-    if node is None:
-        raise not_found("Node")
-    node_id = node.id
-    node_store.remove(c.s, node, c.user.email)
-    log.info("node %s removed from space %s by %s", node_id, space.id, c.user.email)
+    node_id = space_ops.remove_node(c.s, c.user, c.param("space_id"), c.param("node_id"))
     # After the commit: close its live link now (4003), wherever it is held.
     links = c.request.app.state.links
     return Response(status_code=204, background=BackgroundTask(links.close_node, node_id))
+
+
+async def disconnect_node(request: Request) -> Response:
+    """Ask a node to disconnect and reconnect after a delay (manager or admin).
+    Async, not an @endpoint: the link (app.state.links) is asked after the check."""
+    user = await require_user(request)
+    space_id = str(request.path_params["space_id"]).lower()
+    node_id = str(request.path_params["node_id"]).lower()
+    try:
+        body = await read_json(request, optional=True)  # 400 if not JSON or too deep
+        delay = body.get("reconnect_after_seconds") if isinstance(body, dict) else None
+        if delay is not None and not (isinstance(delay, int | float) and 0 <= delay <= 86400):
+            raise ValueError
+    except ValueError:
+        return error_response(
+            400, "ErrBadRequest", 'Send JSON {"reconnect_after_seconds": 0..86400} or no body.'
+        )
+
+    def check() -> None:
+        with request.app.state.db.session() as s:
+            space, _ = space_store.require_role(s, space_id, user.user_id, "manager")
+            space_ops.node(s, space, node_id)
+
+    try:
+        await run_in_threadpool(check)
+    except space_store.SpaceError as exc:
+        raise space_error(exc) from None
+    done = await request.app.state.links.disconnect(node_id, delay, f"requested by {user.email}")
+    if not done:
+        return error_response(
+            409, "ErrNodeNotLinkedHere", "The node has no live link on this Cloud process."
+        )
+    return JSONResponse({"disconnected": True, "reconnect_after_seconds": delay})
 
 
 def routes() -> list[Route]:
@@ -600,4 +570,5 @@ def routes() -> list[Route]:
         Route(f"{sp}/nodes", list_nodes, methods=["GET"]),
         Route(sp + "/nodes/{node_id}", get_node, methods=["GET"]),
         Route(sp + "/nodes/{node_id}", delete_node, methods=["DELETE"]),
+        Route(sp + "/nodes/{node_id}/disconnect", disconnect_node, methods=["POST"]),
     ]

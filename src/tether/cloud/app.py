@@ -24,6 +24,7 @@ from tether.cloud.errors import (
 )
 from tether.cloud.headers import SecurityHeaders
 from tether.cloud.routing import make_router
+from tether.cloud.secret_store import make_secret_store
 from tether.cloud.secrets import SecretBox
 from tether.cloud.settings import CloudSettings
 
@@ -52,7 +53,9 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     """Build the app. `app.state` holds `settings`, `db` (tether.cloud.db.Database:
     `.engine`, `.sessions`, `.session()`), `secret_box`, `claim_limiter` and
     `on_shutdown`, a list of async callables run first at shutdown (close links),
-    `router` (tether.cloud.routing.Router) and `links` (tether.cloud.link.LinkService)."""
+    `router` (tether.cloud.routing.Router), `secret_store` (node authentication's
+    challenges and link tokens: tether.cloud.secret_store.SecretStore) and `links`
+    (tether.cloud.link.LinkService)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if db is None:
         db = Database(settings.db_url)
@@ -60,7 +63,8 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
     router = make_router(settings.nats_url, settings.nats_subject_prefix)
-    links = link.LinkService(settings, db, router)
+    secret_store = make_secret_store(settings, db)
+    links = link.LinkService(settings, db, router, secret_store)
     # Closing the links comes first (server.py runs it before uvicorn closes
     # connections itself); running it again at lifespan shutdown is a no-op.
     on_shutdown.append(links.stop)
@@ -106,6 +110,7 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     app.state.on_shutdown = on_shutdown
     app.state.router = router
     app.state.links = links
+    app.state.secret_store = secret_store
     app.state.auth_limiter = node_auth.AuthLimits(
         settings.auth_failures_per_minute, settings.auth_requests_per_address_per_minute
     )

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.cloud.body import read_json
-from tether.cloud.claim import client_address
+from tether.cloud.client import client_address
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError
 from tether.cloud.limits import Clock, Window, address_key

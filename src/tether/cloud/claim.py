@@ -1,4 +1,5 @@
-"""The claim endpoint: `PUT /api/v1/spaces/nodes/{id}` (wire format in design.md).
+"""The claim endpoint: `PUT /api/v1/spaces/nodes/{id}` (wire format in docs/cloud-api.md,
+"Claiming a node").
 
 A node presents the Space's claiming token, its id, hostname, rooms and RSA
 public key; the Cloud answers 204 or a JSON error whose `errorMsgKey` the claim
@@ -24,15 +25,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tether.cloud import node_metadata
-from tether.cloud.body import BadJson, parse_json
+from tether.cloud.body import BadJson, parse_json, read_limited
+from tether.cloud.client import client_address
 from tether.cloud.db import Database
-from tether.cloud.errors import error_response
+from tether.cloud.errors import ApiError, error_response
 from tether.cloud.limits import Window, address_key
 from tether.cloud.models import ClaimAudit, ClaimToken, Node, Room, utcnow
 from tether.cloud.outage import DATABASE_ERRORS
 from tether.cloud.secrets import CLAIM_KIND, aware, same_hash, token_prefix
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
+from tether.protocol.states import NodeState
 
 log = logging.getLogger("tether.cloud.claim")
 
@@ -255,7 +258,7 @@ def apply_claim(db: Database, req: ClaimRequest, address: str) -> tuple[str, str
                 public_key_pem=req.public_key_pem,
                 public_key_sha256=req.public_key_sha256,
                 claimed_at=now,
-                state="unseen",
+                state=NodeState.UNSEEN,
                 state_since=now,
                 state_cause="claimed, not connected yet",
                 last_address=address,
@@ -300,31 +303,6 @@ def audit_failure(db: Database, token: str | None, node_id: str, address: str, k
         log.exception("could not record a failed claim in the audit table")
 
 
-async def _read_body(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_BODY:
-        raise ClaimError(
-            "ErrRequestTooLarge", f"The claim request is larger than {MAX_BODY} bytes."
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ClaimError(
-                "ErrRequestTooLarge", f"The claim request is larger than {MAX_BODY} bytes."
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def client_address(request: Request) -> str:
-    """The peer's address; IPv4 clients of a dual-stack socket appear as
-    ::ffff:a.b.c.d, shown here as plain a.b.c.d."""
-    host = request.client.host if request.client else "unknown"
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
-
-
 def _token_of(raw: bytes) -> str | None:
     """The token field, if any, so even a malformed claim is audited by prefix."""
     try:
@@ -352,7 +330,10 @@ async def claim_node(request: Request) -> Response:
         )
     token: str | None = None
     try:
-        raw = await _read_body(request)
+        try:
+            raw = await read_limited(request, MAX_BODY)
+        except ApiError as exc:  # 413: refused, audited and counted like any bad claim
+            raise ClaimError(exc.key, exc.message) from None
         token = _token_of(raw)
         req = parse_claim(path_id, raw)
         token = req.token

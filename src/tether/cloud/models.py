@@ -16,6 +16,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from tether.protocol.states import NodeState
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -146,7 +148,7 @@ class Node(Base):
     public_key_pem: Mapped[str] = mapped_column(Text)
     public_key_sha256: Mapped[str] = mapped_column(String(64))
     claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    state: Mapped[str] = mapped_column(String(16), default="unseen")  # unseen|live|offline
+    state: Mapped[str] = mapped_column(String(16), default=NodeState.UNSEEN.value)
     state_since: Mapped[dt.datetime] = mapped_column(default=utcnow)
     state_cause: Mapped[str | None] = mapped_column(Text)
     last_address: Mapped[str | None] = mapped_column(String(64))

@@ -18,6 +18,11 @@ calls `request()`. Two implementations behind one small interface:
   (None = known not connected); a node it has never heard of is located once.
   Messages are msgspec-encoded frames, as on the link itself.
 
+Both deliver to the links this process holds through `LocalHandlers`. Callers
+use `Router` only: `process_id` names this process (recorded on the nodes it
+holds) and `subscribe_takeover` hears of another process taking a node over
+(which, with one process, never happens).
+
 Handlers own their link's correlation ids: they may re-number a request for
 their link but must return the answer for the request they were given.
 """
@@ -83,7 +88,17 @@ class RelayTimeout(RoutingError):
         self.timeout = timeout
 
 
+TakeoverCallback = Callable[[str], Awaitable[None]]
+
+
 class Router(Protocol):
+    """What the link and the relay need, whichever implementation it is."""
+
+    @property
+    def process_id(self) -> str:
+        """This Cloud process's id (letters, digits, '-', '_'), as recorded on
+        the nodes whose links it holds."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -102,6 +117,10 @@ class Router(Protocol):
     async def publish_presence(self, event: PresenceEvent) -> None: ...
 
     def subscribe_presence(self, callback: PresenceCallback) -> None: ...
+
+    def subscribe_takeover(self, callback: TakeoverCallback) -> None:
+        """Call `callback(node_id)` when another process announces it holds a
+        node this process also holds a link for (never, with one process)."""
 
 
 def make_router(nats_url: str | None, subject_prefix: str = "tether") -> Router:
@@ -138,34 +157,67 @@ class _PresenceFanout:
                 log.exception("presence callback failed for node %s", event.node_id)
 
 
-class InMemoryRouter:
-    """All links in this process: a dictionary from node id to handler."""
+class LocalHandlers:
+    """The links this process holds: node id -> handler. Both routers deliver
+    to their own links through one of these."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
-        self._presence = _PresenceFanout()
 
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        self._handlers.clear()
-
-    async def register(self, node_id: str, handler: Handler) -> None:
+    def register(self, node_id: str, handler: Handler) -> None:
         self._handlers[node_id] = handler
 
-    async def unregister(self, node_id: str, handler: Handler) -> None:
-        if self._handlers.get(node_id) is handler:
-            del self._handlers[node_id]
+    def unregister(self, node_id: str, handler: Handler) -> bool:
+        """Drop `handler` if it is still node_id's; whether it was."""
+        if self._handlers.get(node_id) is not handler:
+            return False  # a newer link for this node already took over
+        del self._handlers[node_id]
+        return True
 
-    def is_local(self, node_id: str) -> bool:
-        return node_id in self._handlers
+    def handler(self, node_id: str) -> Handler | None:
+        return self._handlers.get(node_id)
+
+    def node_ids(self) -> list[str]:
+        return list(self._handlers)
+
+    def clear(self) -> None:
+        self._handlers.clear()
 
     async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
         handler = self._handlers.get(node_id)
         if handler is None:
             raise NodeNotConnected(node_id)
         return await _call_handler(node_id, handler, req, timeout)
+
+
+class InMemoryRouter:
+    """All links in this process: a dictionary from node id to handler."""
+
+    def __init__(self, process_id: str | None = None) -> None:
+        self.process_id = _check_token("process id", process_id or uuid.uuid4().hex)
+        self.local = LocalHandlers()
+        self._presence = _PresenceFanout()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.local.clear()
+
+    async def register(self, node_id: str, handler: Handler) -> None:
+        self.local.register(node_id, handler)
+
+    async def unregister(self, node_id: str, handler: Handler) -> None:
+        self.local.unregister(node_id, handler)
+
+    def is_local(self, node_id: str) -> bool:
+        return self.local.handler(node_id) is not None
+
+    async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
+        return await self.local.request(node_id, req, timeout)
+
+    def subscribe_takeover(self, callback: TakeoverCallback) -> None:
+        return None  # no other process can take a node over
 
     async def publish_presence(self, event: PresenceEvent) -> None:
         await self._presence.deliver(event)
@@ -208,12 +260,12 @@ class NatsRouter:
         self.connect_timeout = connect_timeout
         self.prefix = _check_token("subject prefix", subject_prefix)
         self.process_id = _check_token("process id", process_id or uuid.uuid4().hex)
-        self._local = InMemoryRouter()
+        self.local = LocalHandlers()
         # node id -> owning process id, or None when known not connected.
         self._owners: dict[str, str | None] = {}
         self._presence = _PresenceFanout()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._takeover: list[Callable[[str], Awaitable[None]]] = []
+        self._takeover: list[TakeoverCallback] = []
         self._nc: NatsClient | None = None
         self._closing = False
 
@@ -266,12 +318,12 @@ class NatsRouter:
         nc = self._client()
         self._closing = True
         # Tell the others this process holds nothing any more.
-        for node_id in list(self._local._handlers):
+        for node_id in self.local.node_ids():
             await self._announce(node_id, held=False)
         for task in list(self._tasks):
             task.cancel()
         await nc.drain()
-        await self._local.close()
+        self.local.clear()
 
     def _client(self) -> NatsClient:
         if self._nc is None:
@@ -294,25 +346,22 @@ class NatsRouter:
 
     async def register(self, node_id: str, handler: Handler) -> None:
         _check_token("node id", node_id)
-        await self._local.register(node_id, handler)
+        self.local.register(node_id, handler)
         self._owners[node_id] = self.process_id
         await self._announce(node_id, held=True)
 
     async def unregister(self, node_id: str, handler: Handler) -> None:
-        if self._local._handlers.get(node_id) is not handler:
+        if not self.local.unregister(node_id, handler):
             return  # a newer link for this node already took over
-        await self._local.unregister(node_id, handler)
         if self._owners.get(node_id) == self.process_id:
             # Unless another process announced it took the node over meanwhile.
             self._owners[node_id] = None
         await self._announce(node_id, held=False)
 
     def is_local(self, node_id: str) -> bool:
-        return self._local.is_local(node_id)
+        return self.local.handler(node_id) is not None
 
-    def subscribe_takeover(self, callback: Callable[[str], Awaitable[None]]) -> None:
-        """Call `callback(node_id)` when another process announces it holds a
-        node this process also holds a link for."""
+    def subscribe_takeover(self, callback: TakeoverCallback) -> None:
         self._takeover.append(callback)
 
     async def _announce(self, node_id: str, held: bool) -> None:
@@ -329,7 +378,7 @@ class NatsRouter:
             return
         if own.held:
             self._owners[own.node_id] = own.process_id
-            if self._local.is_local(own.node_id):
+            if self.is_local(own.node_id):
                 # Another process now holds a link for a node this one holds too
                 # (a clone, or an agent that moved): let the link layer decide.
                 for callback in self._takeover:
@@ -344,7 +393,7 @@ class NatsRouter:
 
     async def _on_locate(self, msg: Msg) -> None:
         node_id = msg.subject.rsplit(".", 1)[-1]
-        if self._local.is_local(node_id):
+        if self.is_local(node_id):
             await msg.respond(self.process_id.encode())
 
     async def _locate(self, node_id: str) -> str | None:
@@ -361,8 +410,8 @@ class NatsRouter:
     # -- queries ---------------------------------------------------------------
 
     async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
-        if self._local.is_local(node_id):
-            return await self._local.request(node_id, req, timeout)
+        if self.is_local(node_id):
+            return await self.local.request(node_id, req, timeout)
         _check_token("node id", node_id)
         deadline = time.monotonic() + timeout
         owner = self._owners[node_id] if node_id in self._owners else await self._locate(node_id)
@@ -405,7 +454,7 @@ class NatsRouter:
             answer = ErrorFrame(code="bad_request", text=str(exc))
         else:
             try:
-                answer = await self._local.request(node_id, req, req.timeout_ms / 1000)
+                answer = await self.local.request(node_id, req, req.timeout_ms / 1000)
             except NodeNotConnected:
                 answer = ErrorFrame(code=_NOT_CONNECTED, id=req.id)
             except RelayTimeout:

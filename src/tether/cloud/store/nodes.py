@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, SpaceMember, utcnow
 from tether.cloud.secrets import iso
+from tether.protocol.states import NodeState
 
 PRUNE_BATCH = 5000  # rows per DELETE, so the write lock is held briefly
 
@@ -109,36 +110,31 @@ def _aware(at: dt.datetime) -> dt.datetime:
 def set_state(
     s: Session,
     node: Node,
-    state: str,
+    state: NodeState,
     cause: str,
     *,
     session_id: str | None = None,
     address: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> bool:
-    """Move a node to `state` ("live" or "offline") with its cause, recorded as
-    an event. For the link: a close of session X only marks the node offline
-    while X is still its connected session (pass session_id=X), so a late close
-    of an old session never overrides a newer one. Returns whether it applied."""
-    if state not in ("live", "offline", "unseen"):
-        raise ValueError(f"unknown node state {state!r}")
-    if state == "offline" and session_id is not None and node.connected_session_id != session_id:
-        return False
+) -> None:
+    """Move a node to `state` with its cause, recorded as an event. Live
+    records `session_id` as its connected session; offline clears it. Whether
+    a close may take a node offline is tether.cloud.link.presence's rule."""
+    state = NodeState(state)  # ValueError for an unknown state
     now = utcnow()
     if node.state != state:
         node.state_since = now
-    node.state = state
+    node.state = state.value
     node.state_cause = cause
-    if state == "live":
+    if state is NodeState.LIVE:
         node.connected_session_id = session_id
         node.last_seen_at = now
         if address:
             node.last_address = address
-    elif state == "offline":
+    elif state is NodeState.OFFLINE:
         node.connected_session_id = None
         node.last_seen_at = now
     record_event(s, node, "state", cause=cause, detail=detail)
-    return True
 
 
 def in_space(s: Session, space_id: str, node_id: str) -> Node | None:

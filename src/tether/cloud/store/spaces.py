@@ -28,6 +28,52 @@ def at_least(role: str | None, needed: str) -> bool:
     return role is not None and _RANK[role] >= _RANK[needed]
 
 
+class SpaceError(Exception):
+    """A Space operation refused; the API answers it as JSON, the UI as a page."""
+
+
+class NotFound(SpaceError):
+    """`what` ("Space", "War Room", "Node", "Member", "Invitation", "Open
+    invitation") does not exist, or the caller may not know it does."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found")
+        self.what = what
+
+
+class Forbidden(SpaceError):
+    """The caller is a member of the Space with a role below `needed`."""
+
+    def __init__(self, space_name: str, role: str, needed: str) -> None:
+        super().__init__(f"needs the {needed} role; the caller is {role}")
+        self.space_name = space_name
+        self.role = role
+        self.needed = needed
+
+
+class AllNodesRoom(SpaceError):
+    """The "All nodes" room holds every node: it cannot be renamed, deleted or left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def require_role(
+    s: Session, space_id: str, user_id: str, needed: str = "member"
+) -> tuple[Space, str]:
+    """The one role check: the Space and the user's role in it, else NotFound
+    (not a member: a stranger cannot tell a Space exists) or Forbidden."""
+    space_id = space_id.lower()
+    role = role_of(s, space_id, user_id)
+    space = s.get(Space, space_id) if role else None
+    if space is None or role is None:
+        raise NotFound("Space")
+    if not at_least(role, needed):
+        raise Forbidden(space.name, role, needed)
+    return space, role
+
+
 def check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
         raise ValueError(f"{what} name must be 1 to 200 characters")
@@ -226,6 +272,14 @@ def invitation_by_token(s: Session, token: str, email: str) -> SpaceInvitation |
     if inv is None or not same_hash(token, inv.token_hash):
         return None
     return inv if inv.email == normalize_email(email) else None
+
+
+def invitation_parties(s: Session, inv: SpaceInvitation) -> tuple[str, str | None]:
+    """The invitation's Space name ("" once deleted) and the email of who made
+    it (None once their account is gone)."""
+    space = s.get(Space, inv.space_id)
+    inviter = s.get(User, inv.invited_by) if inv.invited_by else None
+    return (space.name if space else "", inviter.email if inviter else None)
 
 
 def _answerable(inv: SpaceInvitation, now: dt.datetime) -> None:

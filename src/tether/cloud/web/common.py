@@ -116,7 +116,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def page(fn: Handler) -> Handler:
-    """Turn UiError/ApiError/Redirect into pages and add the security headers."""
+    """Turn UiError/SpaceError/ApiError/Redirect into pages and add the security headers."""
 
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
@@ -124,7 +124,8 @@ def page(fn: Handler) -> Handler:
             return secure(await fn(request))
         except Redirect as r:
             return redirect(r.url)
-        except UiError as e:
+        except (UiError, space_store.SpaceError) as exc:
+            e = exc if isinstance(exc, UiError) else space_error(exc)
             return render(request, "error.html", await _error_ctx(request, e), e.status)
         except ApiError as e:
             err = UiError(e.status, e.message)
@@ -141,12 +142,7 @@ async def _error_ctx(request: Request, e: UiError) -> dict[str, Any]:
     spaces: list[dict[str, str]] = []
     if user is not None:
         uid = user.user_id
-        spaces = await in_db(
-            request,
-            lambda s: [
-                {"id": sp.id, "name": sp.name, "role": r} for sp, r in space_store.spaces_of(s, uid)
-            ],
-        )
+        spaces = await in_db(request, lambda s: my_spaces(s, uid))
     return {
         "status": e.status,
         "message": e.message,
@@ -209,21 +205,46 @@ async def in_db(request: Request, fn: Callable[[Session], T], write: bool = Fals
         raise UiError(400, str(exc).capitalize() + ".") from None
 
 
+async def posted(request: Request, change: Callable[[Session, Principal, FormData], T]) -> T:
+    """A form that changes something: the signed-in user, the form once its
+    CSRF token is checked, then `change(session, user, form)` in one write
+    transaction; what `change` returns."""
+    user = await signed_in(request)
+    form = await form_of(request, user)
+    return await in_db(request, lambda s: change(s, user, form), write=True)
+
+
+# What the UI says when something a page or form names is not there.
+NOT_FOUND = {
+    "Space": "This Space does not exist or you are not one of its members.",
+    "War Room": "This War Room does not exist (it may have been deleted).",
+    "Node": "This node is not in the Space (it may have been removed).",
+    "Member": "That person is no longer a member of this Space.",
+    "Open invitation": "That invitation is no longer open (it was answered or withdrawn).",
+    "Invitation": "There is no invitation for your account by that link. "
+    "An invitation counts only for the email it was sent to.",
+}
+
+
+def space_error(exc: space_store.SpaceError) -> UiError:
+    """A refused Space operation as the UI's error page (403, 404 or 400)."""
+    if isinstance(exc, space_store.Forbidden):
+        return UiError(
+            403,
+            f"Only a Space {exc.needed} can do this; you are a {exc.role} of "
+            f"{exc.space_name}. Ask one of its admins.",
+        )
+    if isinstance(exc, space_store.AllNodesRoom):
+        return UiError(400, exc.message)
+    assert isinstance(exc, space_store.NotFound), exc
+    return UiError(404, NOT_FOUND[exc.what])
+
+
 def member_space(
     s: Session, user: Principal, space_id: str, needed: str = "member"
 ) -> tuple[Space, str]:
-    """The Space and the user's role, or UiError 404/403."""
-    role = space_store.role_of(s, space_id.lower(), user.user_id)
-    space = s.get(Space, space_id.lower()) if role else None
-    if space is None or role is None:
-        raise UiError(404, "This Space does not exist or you are not one of its members.")
-    if not space_store.at_least(role, needed):
-        raise UiError(
-            403,
-            f"Only a Space {needed} can do this; you are a {role} of "
-            f"{space.name}. Ask one of its admins.",
-        )
-    return space, role
+    """The Space and the user's role; a refusal is shown as a 404 or 403 page (`page`)."""
+    return space_store.require_role(s, space_id, user.user_id, needed)
 
 
 def room_counts(s: Session, space_id: str) -> dict[str, int]:
@@ -235,6 +256,13 @@ def room_counts(s: Session, space_id: str) -> dict[str, int]:
         .group_by(NodeRoom.room_id)
     )
     return {room_id: int(n) for room_id, n in rows}
+
+
+def my_spaces(s: Session, user_id: str) -> list[dict[str, str]]:
+    """The user's Spaces for the header's Space menu."""
+    return [
+        {"id": sp.id, "name": sp.name, "role": r} for sp, r in space_store.spaces_of(s, user_id)
+    ]
 
 
 def nav(s: Session, user: Principal, space: Space, role: str) -> dict[str, Any]:
@@ -256,10 +284,7 @@ def nav(s: Session, user: Principal, space: Space, role: str) -> dict[str, Any]:
         "role": role,
         "is_admin": role == "admin",
         "can_manage": space_store.at_least(role, "manager"),
-        "spaces": [
-            {"id": sp.id, "name": sp.name, "role": r}
-            for sp, r in space_store.spaces_of(s, user.user_id)
-        ],
+        "spaces": my_spaces(s, user.user_id),
         "rooms": rooms,
     }
 

@@ -8,22 +8,21 @@ import json
 from typing import Any
 
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.cloud import auth
+from tether.cloud import auth, space_ops
 from tether.cloud.auth import Principal
-from tether.cloud.claim import client_address
+from tether.cloud.client import client_address
 from tether.cloud.errors import ApiError
-from tether.cloud.models import Node, Room, User, utcnow
+from tether.cloud.models import Node, utcnow
 from tether.cloud.secrets import aware, iso
-from tether.cloud.store import claim_tokens
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.cloud.store import users as user_store
 from tether.cloud.web.common import (
     LOGIN_CSRF_COOKIE,
-    UiError,
     field,
     form_of,
     in_db,
@@ -31,11 +30,13 @@ from tether.cloud.web.common import (
     nav,
     new_login_csrf,
     page,
+    posted,
     redirect,
     render,
     room_counts,
     signed_in,
 )
+from tether.protocol.states import NodeState
 
 RANGES = {"5m": 300, "1h": 3600}
 
@@ -52,7 +53,7 @@ def node_view(node: Node, space_id: str) -> dict[str, Any]:
         "id": node.id,
         "hostname": node.hostname,
         "state": node.state,
-        "unreachable": node.state != "live",
+        "unreachable": node.state != NodeState.LIVE,
         "state_since": iso(node.state_since),
         "state_cause": node.state_cause or "",
         "os": node.os or "",
@@ -193,19 +194,11 @@ async def home(request: Request) -> Response:
 
 @page
 async def create_space(request: Request) -> Response:
-    user = await signed_in(request)
-    form = await form_of(request, user)
-    name = field(form, "name")
-
-    def create(s: Session) -> str:
-        owner = s.get(User, user.user_id)
-        assert owner is not None
-        space = space_store.create_space(s, name, owner)
-        claim_tokens.rotate(s, request.app.state.secret_box, space.id, owner.id)
-        return space.id
-
-    space_id = await in_db(request, create, write=True)
-    return redirect(f"/spaces/{space_id}")
+    box = request.app.state.secret_box
+    space = await posted(
+        request, lambda s, user, form: space_ops.create_space(s, box, user, field(form, "name"))
+    )
+    return redirect(f"/spaces/{space.id}")
 
 
 @page
@@ -221,16 +214,9 @@ async def space_home(request: Request) -> Response:
     return redirect(f"/spaces/{space_id}/rooms/{room_id}")
 
 
-def _room(s: Session, space_id: str, room_id: str) -> Room:
-    room = space_store.room_in_space(s, space_id, room_id.lower())
-    if room is None:
-        raise UiError(404, "This War Room does not exist (it may have been deleted).")
-    return room
-
-
 def room_nodes(s: Session, user: Principal, space_id: str, room_id: str) -> dict[str, Any]:
     space, role = member_space(s, user, space_id)
-    room = _room(s, space.id, room_id)
+    room = space_ops.room(s, space, room_id)
     nodes = [node_view(n, space.id) for n in node_store.of_room(s, room.id)]
     return {"space": space, "role": role, "room": room, "nodes": nodes}
 
@@ -276,7 +262,7 @@ async def add_nodes_form(request: Request) -> Response:
 
     def load(s: Session) -> dict[str, Any]:
         space, role = member_space(s, user, sid, "manager")
-        room = _room(s, space.id, rid)
+        room = space_ops.room(s, space, rid)
         inside = {n.id for n in node_store.of_room(s, room.id)}
         ctx = nav(s, user, space, role)
         ctx.update(
@@ -295,32 +281,17 @@ async def add_nodes_form(request: Request) -> Response:
 
 @page
 async def add_nodes(request: Request) -> Response:
-    user = await signed_in(request)
-    form = await form_of(request, user)
     sid, rid = request.path_params["space_id"], request.path_params["room_id"]
-    wanted = [v for v in form.getlist("node") if isinstance(v, str)]
 
-    def add(s: Session) -> None:
-        space, _ = member_space(s, user, sid, "manager")
-        room = _room(s, space.id, rid)
-        for node_id in wanted:
-            node = node_store.in_space(s, space.id, node_id)
-            if node is None:
-                raise UiError(404, "One of the chosen nodes is no longer in this Space.")
-            node_store.add_to_room(s, node, room)
+    def add(s: Session, user: Principal, form: FormData) -> None:
+        wanted = [v for v in form.getlist("node") if isinstance(v, str)]
+        space_ops.add_room_nodes(s, user, sid, rid, wanted)
 
-    await in_db(request, add, write=True)
+    await posted(request, add)
     return redirect(f"/spaces/{sid}/rooms/{rid}")
 
 
 # --- nodes --------------------------------------------------------------------
-
-
-def _node(s: Session, space_id: str, node_id: str) -> Node:
-    node = node_store.in_space(s, space_id, node_id)
-    if node is None:
-        raise UiError(404, "This node is not in the Space (it may have been removed).")
-    return node
 
 
 @page
@@ -333,7 +304,7 @@ async def node_page(request: Request) -> Response:
 
     def load(s: Session) -> dict[str, Any]:
         space, role = member_space(s, user, sid)
-        node = _node(s, space.id, nid)
+        node = space_ops.node(s, space, nid)
         ctx = nav(s, user, space, role)
         ctx.update(
             title=node.hostname,
@@ -354,24 +325,15 @@ async def node_json(request: Request) -> Response:
 
     def load(s: Session) -> dict[str, Any]:
         space, _ = member_space(s, user, sid)
-        return node_view(_node(s, space.id, nid), space.id)
+        return node_view(space_ops.node(s, space, nid), space.id)
 
     return JSONResponse(await in_db(request, load))
 
 
 @page
 async def remove_node(request: Request) -> Response:
-    user = await signed_in(request)
-    await form_of(request, user)
     sid, nid = request.path_params["space_id"], request.path_params["node_id"]
-
-    def remove(s: Session) -> str:
-        space, _ = member_space(s, user, sid, "manager")
-        node = _node(s, space.id, nid)
-        node_store.remove(s, node, user.email)
-        return node.id
-
-    removed: str = await in_db(request, remove, write=True)
+    removed = await posted(request, lambda s, user, _: space_ops.remove_node(s, user, sid, nid))
     # Committed: close its live link now (4003), wherever it is held.
     await request.app.state.links.close_node(removed)
     return redirect(f"/spaces/{sid}")

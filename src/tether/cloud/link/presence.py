@@ -1,0 +1,281 @@
+"""Presence: the one owner of the session rule and of every presence write.
+
+Each link gets a session id. The node's row records its live session and the
+process holding it (`nodes.link_process`):
+
+- `live` when Hello arrives, with its cause (connected, or replaced a live
+  session: a `duplicate` event records both addresses and host fingerprints);
+- `offline` when a link closes, with its cause: only the close of the node's
+  current session takes it offline (`is_current`), so a late close of an old
+  session changes nothing.
+
+Everything here runs in a thread (the database is synchronous).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, lazyload
+
+from tether.cloud import node_metadata as meta
+from tether.cloud.db import Database
+from tether.cloud.link import processes
+from tether.cloud.models import Node, utcnow
+from tether.cloud.store import nodes as node_store
+from tether.protocol import states
+from tether.protocol.frames import Hello
+from tether.protocol.link import describe_close
+from tether.protocol.states import NodeState
+
+# A presence event's state meaning "the node was removed": the process that
+# holds its link closes it with 4003 at once (not at the next sweep).
+STATE_REMOVED = "removed"
+_CHUNK = 500  # ids per IN (...) query
+# Presence never needs a node's rooms; skip their extra SELECT.
+NO_ROOMS = [lazyload(Node.rooms)]
+
+
+def is_current(node: Node, session_id: str | None) -> bool:
+    """The session rule: a close of `session_id` takes the node offline only
+    while that is its live session. None means whichever session is live (its
+    Cloud process died, or the Cloud restarted)."""
+    return node.state == NodeState.LIVE and (
+        session_id is None or node.connected_session_id == session_id
+    )
+
+
+def _fingerprint(
+    address: str | None, machine_id: str | None, boot_id: str | None
+) -> dict[str, Any]:
+    return {"address": address, "machine_id": machine_id or None, "boot_id": boot_id or None}
+
+
+@dataclass
+class Connected:
+    hostname: str
+    space_id: str
+    duplicate: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ConnectRecord:
+    """A link that sent its Hello, to be recorded live."""
+
+    node_id: str
+    session_id: str
+    hello: Hello
+    address: str
+    process_id: str
+    grace_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class DisconnectRecord:
+    """A closed link, to be recorded offline if it is still the node's session."""
+
+    node_id: str
+    session_id: str
+    cause: str
+    cause_code: str
+    expected_back_seconds: float | None
+
+
+def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
+    """Mark the node live for this session, refresh its metadata from Hello and
+    record a duplicate when another session was live (on a Cloud process that
+    is still beating). None if the node is gone."""
+    node_id, session_id, hello, address = rec.node_id, rec.session_id, rec.hello, rec.address
+    node = s.get(Node, node_id, with_for_update=True, options=NO_ROOMS)
+    if node is None:
+        return None
+    duplicate = None
+    now = utcnow()
+    if (
+        node.state == NodeState.LIVE
+        and node.connected_session_id not in (None, session_id)
+        and processes.process_alive(s, node.link_process, now, rec.grace_seconds)
+    ):
+        duplicate = {
+            "previous": {
+                "session_id": node.connected_session_id,
+                **_fingerprint(node.last_address, node.machine_id, node.boot_id),
+            },
+            "current": {
+                "session_id": session_id,
+                **_fingerprint(address, hello.machine_id, hello.boot_id),
+            },
+            "same_host": bool(hello.machine_id)
+            and hello.machine_id == node.machine_id
+            and hello.boot_id == node.boot_id,
+        }
+        node.duplicate_detected_at = now
+        node.duplicate_detail = json.dumps(duplicate)
+        node_store.record_event(
+            s,
+            node,
+            "duplicate",
+            cause=f"a second link for this node from {address} replaced the one from "
+            f"{node.last_address} (cloned machine or copied cloud.d?)",
+            detail=duplicate,
+        )
+    # `hello` was sanitized on arrival (meta.clean_hello): stored as it is.
+    node.hostname = hello.hostname or node.hostname
+    node.os = hello.os or None
+    node.agent_version = hello.agent_version or None
+    node.machine_id = hello.machine_id or None
+    node.boot_id = hello.boot_id or None
+    if hello.machine_guid:
+        node.machine_guid = hello.machine_guid
+    node.link_process = rec.process_id
+    cause = f"replaced: a new link from {address}" if duplicate else f"connected from {address}"
+    node_store.set_state(
+        s,
+        node,
+        NodeState.LIVE,
+        cause,
+        session_id=session_id,
+        address=address[:64],
+        detail={
+            "cause_code": states.CAUSE_REPLACED if duplicate else states.CAUSE_CONNECTED,
+            "session_id": session_id,
+            "address": address,
+            "agent_version": hello.agent_version,
+        },
+    )
+    return Connected(node.hostname, node.space_id, duplicate)
+
+
+def db_disconnect(s: Session, rec: DisconnectRecord) -> bool:
+    """Mark the node offline if `rec.session_id` is still its live session."""
+    node = s.get(Node, rec.node_id, with_for_update=True, options=NO_ROOMS)
+    if node is None:
+        return False
+    return go_offline(s, node, rec.session_id, rec.cause, rec.cause_code, rec.expected_back_seconds)
+
+
+def go_offline(
+    s: Session,
+    node: Node,
+    session_id: str | None,
+    cause: str,
+    cause_code: str,
+    expected_back_seconds: float | None = None,
+) -> bool:
+    """Record the node offline with its cause, if `session_id` is current
+    (`is_current`); whether it was."""
+    if not is_current(node, session_id):
+        return False
+    detail: dict[str, Any] = {"cause_code": cause_code, "session_id": node.connected_session_id}
+    if expected_back_seconds is not None:
+        detail["expected_back_seconds"] = expected_back_seconds
+    node_store.set_state(s, node, NodeState.OFFLINE, cause, session_id=session_id, detail=detail)
+    node.link_process = None
+    return True
+
+
+def db_mark_offline(
+    db: Database, sessions: dict[str, str], cause: str, cause_code: str
+) -> list[str]:
+    """Bulk: take these (node id -> session) offline; the ids that changed."""
+    changed: list[str] = []
+    ids = list(sessions)
+    for i in range(0, len(ids), _CHUNK):
+        with db.session(write_lock=True) as s:
+            rows = s.scalars(
+                select(Node)
+                .options(*NO_ROOMS)
+                .where(Node.id.in_(ids[i : i + _CHUNK]))
+                .with_for_update()
+            )
+            for node in rows:
+                if go_offline(s, node, sessions[node.id], cause, cause_code):
+                    changed.append(node.id)
+    return changed
+
+
+def db_reap_dead_processes(db: Database, grace_seconds: float) -> list[tuple[str, str]]:
+    """Offline the live nodes whose Cloud process stopped beating; (node, session)."""
+    cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
+    changed: list[tuple[str, str]] = []
+    with db.session(write_lock=True) as s:
+        alive = processes.alive_since(cutoff)
+        rows = s.scalars(
+            select(Node)
+            .where(
+                Node.state == NodeState.LIVE,
+                (Node.link_process.is_(None)) | (Node.link_process.not_in(alive)),
+            )
+            .with_for_update()
+        )
+        for node in rows:
+            session = node.connected_session_id or ""
+            if go_offline(
+                s, node, None, "link lost: its Cloud process stopped", states.CAUSE_CLOUD_CLOSED
+            ):
+                changed.append((node.id, session))
+        processes.forget_dead(s, cutoff)
+    return changed
+
+
+def db_mark_all_offline(db: Database, cause: str) -> list[tuple[str, str]]:
+    """Single-process start: no link survived the last process."""
+    changed: list[tuple[str, str]] = []
+    with db.session(write_lock=True) as s:
+        for node in s.scalars(select(Node).where(Node.state == NodeState.LIVE).with_for_update()):
+            session = node.connected_session_id or ""
+            if go_offline(s, node, None, cause, states.CAUSE_CLOUD_CLOSED):
+                changed.append((node.id, session))
+    return changed
+
+
+def db_current_sessions(db: Database, node_ids: list[str]) -> dict[str, str | None]:
+    """node id -> its connected session id, for the ids that still exist."""
+    out: dict[str, str | None] = {}
+    with db.session() as s:
+        for i in range(0, len(node_ids), _CHUNK):
+            rows = s.execute(
+                select(Node.id, Node.connected_session_id).where(
+                    Node.id.in_(node_ids[i : i + _CHUNK])
+                )
+            )
+            out.update({nid: sid for nid, sid in rows})
+    return out
+
+
+def db_reassert_live(db: Database, node_id: str, session_id: str, process_id: str) -> bool:
+    """Mark live again a node whose link is up but was recorded offline."""
+    with db.session(write_lock=True) as s:
+        node = s.get(Node, node_id, with_for_update=True, options=NO_ROOMS)
+        if node is None or node.connected_session_id is not None:
+            return False
+        node.link_process = process_id
+        node_store.set_state(
+            s,
+            node,
+            NodeState.LIVE,
+            "link still up",
+            session_id=session_id,
+            detail={"cause_code": states.CAUSE_CONNECTED, "session_id": session_id},
+        )
+        return True
+
+
+def close_cause(code: int, reason: str) -> tuple[str, str]:
+    """The cause (text, code) of a link the agent closed or lost."""
+    if code in (1005, 1006):
+        return (
+            "link lost (no close frame: agent killed, network or proxy cut, or keepalive timeout)",
+            states.CAUSE_KEEPALIVE,
+        )
+    if code == 1009:
+        return "closed: the agent sent a frame over the size limit (1009)", states.CAUSE_CLOSED
+    text = f"closed by the agent: {describe_close(code)} ({code})"
+    reason = meta.clean(reason, 120)  # the agent's words, stored and shown
+    if reason:
+        text += f": {reason}"
+    return text, states.CAUSE_CLOSED

@@ -1,0 +1,159 @@
+"""`LinkService`: the Cloud's link as one object (app.state.links): the
+live-link table and endpoint (endpoint.py) with its sweeper (sweeper.py),
+started and stopped with the app, and the commands other parts give it
+(close a removed node's link, ask a node to disconnect)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from tether.cloud.db import Database
+from tether.cloud.limits import Clock
+from tether.cloud.link import presence, processes
+from tether.cloud.link.sweeper import Sweeper
+from tether.cloud.routing import PresenceEvent, Router
+from tether.cloud.secret_store import SecretStore
+from tether.cloud.settings import CloudSettings
+from tether.protocol import states
+from tether.protocol.frames import Disconnect
+from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_NORMAL, LinkState
+from tether.protocol.states import NodeState
+
+log = logging.getLogger("tether.cloud.link")
+
+
+class LinkService(Sweeper):
+    """The live-link table of this Cloud process, its endpoint and its sweeper."""
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        db: Database,
+        router: Router,
+        secret_store: SecretStore,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(settings, db, router, secret_store, clock)
+        self._stopped = False
+        router.subscribe_presence(self._on_presence)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.router.start()
+        description = f"{socket.gethostname()} pid {os.getpid()}"
+        await run_in_threadpool(processes.db_heartbeat, self.db, self.process_id, description)
+        if self.settings.nats_url:
+            grace = processes.grace_seconds(self.keepalive)
+            changed = await run_in_threadpool(presence.db_reap_dead_processes, self.db, grace)
+        else:
+            changed = await run_in_threadpool(
+                presence.db_mark_all_offline, self.db, "Cloud restarted"
+            )
+        if changed:
+            log.info(
+                "%d node(s) whose links died with an earlier Cloud process are offline",
+                len(changed),
+            )
+        for node_id, session in changed:
+            await self._publish(
+                node_id, NodeState.OFFLINE, session, states.CAUSE_CLOUD_CLOSED, "Cloud restarted"
+            )
+        self._sweeper = asyncio.create_task(self._sweep_forever(description))
+
+    async def stop(self) -> None:
+        """Close every link (Disconnect with a jittered delay, then 1012), record
+        the nodes offline in bulk, stop routing. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        links = list(self.links.values())
+        # Spread the fleet's return: about 1 s per 500 links, 1 s at least.
+        self._restart_spread = max(2.0, min(30.0, len(links) / 500))
+        for link in links:
+            link.recorded_offline = True  # done in bulk below
+            await self._close_for_restart(link)
+        sessions = {link.node_id: link.session_id for link in links}
+        try:
+            changed = await run_in_threadpool(
+                presence.db_mark_offline,
+                self.db,
+                sessions,
+                "Cloud restart",
+                states.CAUSE_CLOUD_CLOSED,
+            )
+            for node_id in changed:
+                await self._publish(
+                    node_id,
+                    NodeState.OFFLINE,
+                    sessions[node_id],
+                    states.CAUSE_CLOUD_CLOSED,
+                    "Cloud restart",
+                )
+            if links:
+                log.info("closed %d link(s) for the Cloud restart", len(links))
+            await run_in_threadpool(processes.db_forget_process, self.db, self.process_id)
+        except Exception:
+            log.exception("could not record the links closed at shutdown")
+        # Let the link handlers finish (they skip the database now). Links that
+        # were half-way through their handshake close themselves on seeing
+        # `closing` (and record themselves offline).
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        if self._alert_writes:
+            await asyncio.wait(list(self._alert_writes), timeout=5)
+        try:
+            await self.router.close()
+        except Exception:
+            log.exception("could not close the router")
+
+    # -- node removal -------------------------------------------------------------
+
+    async def close_node(self, node_id: str) -> None:
+        """The node was removed (its row is gone): close its live link now with
+        4003, here or, through the router, on whichever process holds it."""
+        await self._close_removed(node_id)
+        await self._publish(node_id, presence.STATE_REMOVED, "", states.CAUSE_REMOVED, "removed")
+
+    async def _close_removed(self, node_id: str) -> None:
+        await self.secret_store.forget_node(node_id)
+        link = self.links.get(node_id)
+        if link is None or link.closed:
+            return
+        log.info("ACLK node %s was removed: closing its link", node_id)
+        await link.close(
+            CLOSE_NODE_REMOVED,
+            "node removed from its Space",
+            "node removed",
+            states.CAUSE_REMOVED,
+        )
+
+    async def _on_presence(self, event: PresenceEvent) -> None:
+        if event.state == presence.STATE_REMOVED:
+            await self._close_removed(event.node_id)
+
+    # -- admin commands -------------------------------------------------------------
+
+    async def disconnect(self, node_id: str, delay: float | None, text: str) -> bool:
+        """Ask a locally linked node to disconnect and come back after `delay`."""
+        link = self.links.get(node_id)
+        if link is None or link.conn.state is not LinkState.READY:
+            return False
+        frame = Disconnect(code="admin", text=text, reconnect_after_seconds=delay)
+        await link.send(link.conn.send(frame))
+        await link.close(
+            CLOSE_NORMAL,
+            "disconnect requested",
+            f"disconnected: {text}",
+            states.CAUSE_CLOUD_CLOSED,
+        )
+        return True

@@ -1,0 +1,150 @@
+"""The link sweeper: every keepalive interval (at most 30 s) it beats this
+process's heartbeat, offlines the nodes of Cloud processes that stopped
+beating, closes local links whose node was removed (4003) or taken over by a
+newer link on another process (4009), prunes the history
+(tether.cloud.retention), purges expired one-time secrets and forgets idle
+frame budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from tether.cloud import retention
+from tether.cloud.db import Database
+from tether.cloud.limits import Clock
+from tether.cloud.link import presence, processes
+from tether.cloud.link.endpoint import Endpoint, LiveLink
+from tether.cloud.outage import DATABASE_ERRORS
+from tether.cloud.routing import Router
+from tether.cloud.secret_store import SecretStore
+from tether.cloud.settings import CloudSettings
+from tether.protocol import states
+from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_REPLACED
+from tether.protocol.states import NodeState
+
+log = logging.getLogger("tether.cloud.link")
+
+PRUNE_EVERY = 10.0  # seconds between history prunes at most (tether.cloud.retention)
+
+
+class Sweeper(Endpoint):
+    """The live-link table (Endpoint) with its periodic sweep."""
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        db: Database,
+        router: Router,
+        secret_store: SecretStore,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(settings, db, router, secret_store, clock)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._purged_at = time.monotonic()
+        self.retention = retention.Retention(
+            settings.history_days, settings.node_events_per_node, settings.claim_audit_rows
+        )
+        self._pruned_at: float | None = None  # None: the first prune checks every node
+        router.subscribe_takeover(self._taken_over)
+
+    async def _sweep_forever(self, description: str) -> None:
+        interval = processes.sweep_interval(self.keepalive)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._sweep(description)
+            except asyncio.CancelledError:
+                raise
+            except DATABASE_ERRORS:
+                pass  # the outage is logged once (tether.cloud.outage); the next sweep retries
+            except Exception:
+                log.exception("link sweep failed")
+
+    async def _sweep(self, description: str) -> None:
+        await run_in_threadpool(processes.db_heartbeat, self.db, self.process_id, description)
+        if time.monotonic() - self._purged_at > 60:
+            self._purged_at = time.monotonic()
+            await self.secret_store.purge_expired()
+        await self._prune_history()
+        self._forget_idle_budgets()
+        for node_id, session in await run_in_threadpool(
+            presence.db_reap_dead_processes, self.db, processes.grace_seconds(self.keepalive)
+        ):
+            await self._publish(
+                node_id,
+                NodeState.OFFLINE,
+                session,
+                states.CAUSE_CLOUD_CLOSED,
+                "link lost: its Cloud process stopped",
+            )
+        if not self.links:
+            return
+        # Links added while the query runs are not judged by it.
+        snapshot = dict(self.links)
+        current = await run_in_threadpool(presence.db_current_sessions, self.db, list(snapshot))
+        for node_id, link in snapshot.items():
+            if self.links.get(node_id) is not link or link.closed:
+                continue
+            if node_id not in current:
+                log.info("ACLK node %s was removed: closing its link", node_id)
+                await link.close(
+                    CLOSE_NODE_REMOVED,
+                    "node removed from its Space",
+                    "node removed",
+                    states.CAUSE_REMOVED,
+                )
+            elif current[node_id] is None:
+                # Marked offline while its link is up here (this process was
+                # slow to beat): the link table is the truth, so say so again.
+                if await run_in_threadpool(
+                    presence.db_reassert_live, self.db, node_id, link.session_id, self.process_id
+                ):
+                    await self._publish(node_id, NodeState.LIVE, link.session_id, "reasserted")
+            elif current[node_id] != link.session_id:
+                await self._close_replaced(node_id, link)
+
+    async def _prune_history(self) -> None:
+        """Bound node_events and claim_audit (tether.cloud.retention)."""
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        every_node = self._pruned_at is None
+        self._pruned_at = now
+        pruned = await run_in_threadpool(retention.prune, self.db, self.retention, None, every_node)
+        if pruned.node_events or pruned.claim_audit:
+            log.info(
+                "history pruned: %d node event(s), %d claim audit row(s)",
+                pruned.node_events,
+                pruned.claim_audit,
+            )
+
+    def _forget_idle_budgets(self) -> None:
+        for node_id, budget in list(self.budgets.items()):
+            if node_id not in self.links and budget.forgettable():
+                del self.budgets[node_id]
+
+    async def _taken_over(self, node_id: str) -> None:
+        """Another process announced a link for a node linked here: the
+        database says which session is current; close this one if it is not."""
+        link = self.links.get(node_id)
+        if link is None:
+            return
+        current = await run_in_threadpool(presence.db_current_sessions, self.db, [node_id])
+        if current.get(node_id) not in (None, link.session_id) and not link.closed:
+            await self._close_replaced(node_id, link)
+
+    async def _close_replaced(self, node_id: str, link: LiveLink) -> None:
+        log.warning(
+            "ACLK node %s: a newer link on another Cloud process took over; closing this one",
+            node_id,
+        )
+        await link.close(
+            CLOSE_REPLACED,
+            "replaced by a newer connection",
+            "replaced by a newer link",
+            states.CAUSE_REPLACED,
+        )

@@ -1,0 +1,222 @@
+"""The Space operations that both the REST API (`api.py`) and the web UI
+(`web/`) offer, each written once: the role check, the validation, the change
+and its log line, in the caller's transaction.
+
+They raise the domain errors of `store/spaces.py` (`NotFound`, `Forbidden`,
+`AllNodesRoom`, `AlreadyMember`, `InvitationClosed`) or ValueError for a bad
+field; the API answers them as JSON errors, the UI as error pages. Closing a
+removed node's live link is the caller's, after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from sqlalchemy.orm import Session
+
+from tether.cloud.auth import Principal
+from tether.cloud.models import ClaimToken, Node, Room, Space, SpaceInvitation, User, utcnow
+from tether.cloud.secrets import SecretBox
+from tether.cloud.store import claim_tokens
+from tether.cloud.store import nodes as node_store
+from tether.cloud.store import spaces as space_store
+from tether.cloud.store.spaces import AllNodesRoom, NotFound, require_role
+
+log = logging.getLogger("tether.cloud.spaces")
+
+# Why an invitation can no longer be answered: (status, errorMsgKey, text).
+CLOSED = {
+    "expired": (410, "ErrInvitationExpired", "This invitation has expired"),
+    "revoked": (410, "ErrInvitationRevoked", "A Space admin withdrew or replaced this invitation"),
+    "accepted": (409, "ErrInvitationAnswered", "You already accepted this invitation"),
+    "declined": (409, "ErrInvitationAnswered", "You already declined this invitation"),
+}
+
+
+def closed(exc: space_store.InvitationClosed) -> tuple[int, str, str]:
+    """(status, errorMsgKey, message) for an invitation that can no longer be answered."""
+    status, key, what = CLOSED[exc.state]
+    return (
+        status,
+        key,
+        f"{what}; ask an admin of the Space to invite you again if you want to join.",
+    )
+
+
+def _user(s: Session, actor: Principal) -> User:
+    user = s.get(User, actor.user_id)
+    assert user is not None, "a signed-in principal has a user row"
+    return user
+
+
+# --- Spaces -------------------------------------------------------------------
+
+
+def create_space(s: Session, box: SecretBox, actor: Principal, name: str) -> Space:
+    """A new Space with the caller as its admin, and its first claiming token."""
+    owner = _user(s, actor)
+    space = space_store.create_space(s, name, owner)
+    claim_tokens.rotate(s, box, space.id, owner.id)
+    return space
+
+
+def rename_space(s: Session, actor: Principal, space_id: str, name: object) -> Space:
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    space.name = space_store.check_name(name, "a Space")
+    return space
+
+
+def rotate_claim_token(
+    s: Session,
+    box: SecretBox,
+    actor: Principal,
+    space_id: str,
+    expires_at: dt.datetime | None = None,
+) -> tuple[str, ClaimToken]:
+    """A new claiming token (admin); the old one stops working at once."""
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    token, row = claim_tokens.rotate(s, box, space.id, actor.user_id, expires_at)
+    log.info(
+        "claiming token of space %s rotated by %s (new prefix %s)",
+        space.id,
+        actor.email,
+        row.prefix,
+    )
+    return token, row
+
+
+# --- members and invitations --------------------------------------------------
+
+
+def invite(
+    s: Session, actor: Principal, space_id: str, email: str, role: str
+) -> tuple[str, SpaceInvitation]:
+    """Invite `email` with `role` (admin); the same answer whether or not an
+    account has that email. Returns (token, invitation)."""
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    token, inv = space_store.invite(s, space.id, email, role, actor.user_id, utcnow())
+    log.info(
+        "invitation %s to space %s (role %s) made by %s", inv.prefix, space.id, role, actor.email
+    )
+    return token, inv
+
+
+def revoke_invitation(s: Session, actor: Principal, space_id: str, invitation_id: str) -> None:
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    if not space_store.revoke_invitation(s, space.id, invitation_id, utcnow()):
+        raise NotFound("Open invitation")
+
+
+def answer_invitation(
+    s: Session, actor: Principal, inv: SpaceInvitation | None, accepting: bool
+) -> SpaceInvitation:
+    """Accept or decline an invitation found for the caller's email (None:
+    there is none). InvitationClosed when it can no longer be answered."""
+    if inv is None:
+        raise NotFound("Invitation")
+    if not accepting:
+        space_store.decline(s, inv, utcnow())
+        return inv
+    user = _user(s, actor)
+    space_store.accept(s, inv, user, utcnow())
+    log.info("invitation %s to space %s accepted by %s", inv.prefix, inv.space_id, user.email)
+    return inv
+
+
+def change_member(s: Session, actor: Principal, space_id: str, user_id: str, role: str) -> User:
+    """Give a member another role (admin); a Space keeps at least one admin."""
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    user = s.get(User, user_id)
+    if user is None or space_store.role_of(s, space.id, user.id) is None:
+        raise NotFound("Member")
+    space_store.set_member(s, space.id, user, role)
+    return user
+
+
+def remove_member(s: Session, actor: Principal, space_id: str, user_id: str) -> None:
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    if not space_store.remove_member(s, space.id, user_id):
+        raise NotFound("Member")
+
+
+# --- War Rooms ----------------------------------------------------------------
+
+
+def room(s: Session, space: Space, room_id: str) -> Room:
+    """A War Room of `space`, else NotFound."""
+    found = space_store.room_in_space(s, space.id, room_id.lower())
+    if found is None:
+        raise NotFound("War Room")
+    return found
+
+
+def create_room(s: Session, actor: Principal, space_id: str, name: str) -> Room:
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    return space_store.create_room(s, space.id, name)
+
+
+def rename_room(s: Session, actor: Principal, space_id: str, room_id: str, name: object) -> Room:
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    found = room(s, space, room_id)
+    if found.is_all_nodes:
+        raise AllNodesRoom('The "All nodes" room cannot be renamed.')
+    found.name = space_store.check_name(name, "a War Room")
+    return found
+
+
+def delete_room(s: Session, actor: Principal, space_id: str, room_id: str) -> None:
+    """Delete a War Room; its nodes stay in the Space (manager)."""
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    found = room(s, space, room_id)
+    if found.is_all_nodes:
+        raise AllNodesRoom(
+            'The "All nodes" room cannot be deleted; it holds every node of the Space.'
+        )
+    s.delete(found)
+
+
+# --- nodes --------------------------------------------------------------------
+
+
+def node(s: Session, space: Space, node_id: str) -> Node:
+    """A node of `space`, else NotFound."""
+    found = node_store.in_space(s, space.id, node_id)
+    if found is None:
+        raise NotFound("Node")
+    return found
+
+
+def add_room_nodes(
+    s: Session, actor: Principal, space_id: str, room_id: str, node_ids: list[str]
+) -> None:
+    """Put nodes of the Space into a War Room (manager); all or none."""
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    target = room(s, space, room_id)
+    for node_id in node_ids:
+        node_store.add_to_room(s, node(s, space, node_id), target)
+
+
+def remove_room_node(
+    s: Session, actor: Principal, space_id: str, room_id: str, node_id: str
+) -> None:
+    """Take a node out of a War Room; it stays in the Space (manager)."""
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    target = room(s, space, room_id)
+    found = node(s, space, node_id)
+    if target.is_all_nodes:
+        raise AllNodesRoom(
+            'A node cannot leave the "All nodes" room; remove it from the Space instead.'
+        )
+    node_store.remove_from_room(s, found, target)
+
+
+def remove_node(s: Session, actor: Principal, space_id: str, node_id: str) -> str:
+    """Remove a node from its Space in any state (manager): its key stops
+    working. Returns its id; the caller closes its live link after the commit."""
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    found = node(s, space, node_id)
+    removed = found.id
+    node_store.remove(s, found, actor.email)
+    log.info("node %s removed from space %s by %s", removed, space.id, actor.email)
+    return removed
