@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.claim.cli import parse_args, run, run_agent_command
+from tether.agent.main import run_subcommand
+from tether.claim.cli import parse_args, run
 from tether.paths import AgentPaths
 
 
@@ -197,11 +198,10 @@ def test_refused_port_exits_4_naming_host_and_port(tmp_path: Path) -> None:
     assert not [p for p in cloud_d.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_agent_w_claim_uses_the_same_flags(tmp_path: Path) -> None:
-    err = io.StringIO()
-    assert run_agent_command("claim -tokn=x", AgentPaths(tmp_path), err=err) == 1
-    assert run_agent_command("bogus", AgentPaths(tmp_path), err=err) == 1
-    assert (
-        run_agent_command("claim -token=t -rooms=a,b", AgentPaths(tmp_path), err=err) == 1
-    )  # no URL
-    assert "-url=" in err.getvalue()
+def test_agent_w_claim_uses_the_same_flags(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert run_subcommand("claim -tokn=x", AgentPaths(tmp_path)) == 1
+    assert run_subcommand("bogus", AgentPaths(tmp_path)) == 1
+    assert run_subcommand("claim -token=t -rooms=a,b", AgentPaths(tmp_path)) == 1  # no URL
+    assert "-url=" in capfd.readouterr().err

@@ -77,17 +77,10 @@ def run_subcommand(text: str, paths: AgentPaths) -> int:
         print('tether-agent: -W needs a sub-command, e.g. -W "claim -token=TOKEN"', file=sys.stderr)
         return 1
     if argv[0] == "claim":
-        # The claim command lives in tether.claim; it gets the same prefix.
-        try:
-            from tether.claim import cli as claim_cli
-        except ImportError:
-            print("tether-agent: the claim command is not installed", file=sys.stderr)
-            return 3
-        run = getattr(claim_cli, "run", None)
-        if run is None:
-            print("tether-agent: the claim command is not available in this build", file=sys.stderr)
-            return 3
-        return int(run(argv[1:], paths))
+        # The same command and flags as tether-claim, with the same prefix.
+        from tether.claim.cli import run as run_claim
+
+        return run_claim(argv[1:], paths)
     if argv[0] == "buildinfo":
         print(f"tether-agent {__version__}")
         return 0

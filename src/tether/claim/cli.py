@@ -7,7 +7,6 @@ Flags are single-dash like the reference's claiming script (`-token=X`);
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -102,9 +101,12 @@ def parse_args(argv: list[str]) -> Parsed:
 def run(
     argv: list[str],
     paths: AgentPaths | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
+    # Resolved at call time, so a redirected sys.stdout/sys.stderr is honoured.
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         parsed = parse_args(argv)
     except UsageError as exc:
@@ -141,20 +143,6 @@ def run(
     else:
         print(f"tether-claim: ERROR: {result.message}", file=err)
     return int(result.exit_code)
-
-
-def run_agent_command(
-    spec: str,
-    paths: AgentPaths | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
-) -> int:
-    """`tether-agent -W "claim -token=... -rooms=..."`: the same flags as tether-claim."""
-    words = shlex.split(spec)
-    if not words or words[0] != "claim":
-        print(f'tether-agent: unknown -W command {spec!r}; use -W "claim -token=..."', file=err)
-        return int(Exit.BAD_ARGUMENT)
-    return run(words[1:], paths, out, err)
 
 
 def main() -> None:
