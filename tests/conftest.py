@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.agent",
     "tests.fixtures.proxies",
     "tests.fixtures.postgres",
+    "tests.fixtures.scaleout",
 ]

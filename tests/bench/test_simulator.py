@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.cloud import Cloud
-from tests.fixtures.common import clean_env
-from tests.link.conftest import poll
+from tests.fixtures.common import clean_env, poll
 
 SIMULATOR = Path(__file__).resolve().parents[2] / "bench" / "simulator.py"
 NODES = 5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.cloud.helpers import claim, new_member, nodes
+from tests.fixtures.api import claim, new_member, nodes
 from tests.fixtures.cloud import Cloud
 
 

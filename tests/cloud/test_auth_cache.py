@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from tests.cloud.helpers import new_member
+from tests.fixtures.api import new_member
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.peer import FAST, Peer, link_up
 

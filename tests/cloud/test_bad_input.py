@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.cloud.helpers import claim
+from tests.fixtures.api import claim
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import free_port, poll
 from tests.fixtures.rawhttp import RawConnection

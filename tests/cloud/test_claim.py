@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 
-from tests.cloud.helpers import claim, claim_body, ec_pem, new_member, nodes, rsa_pem
+from tests.fixtures.api import claim, claim_body, ec_pem, new_member, nodes, rsa_pem
 from tests.fixtures.cloud import Cloud
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.cloud.helpers import claim_body
+from tests.fixtures.api import claim_body
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll

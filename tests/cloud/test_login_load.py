@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.cloud.helpers import claim
+from tests.fixtures.api import claim
 from tests.fixtures.cloud import Cloud
 
 LIMIT = 10  # tether.cloud.auth.LOGIN_ATTEMPTS_PER_ADDRESS

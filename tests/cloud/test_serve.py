@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.cloud.helpers import claim, nodes
+from tests.fixtures.api import claim, nodes
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import clean_env, command, free_port
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests.cloud.helpers import claim_body
+from tests.fixtures.api import claim_body
 from tether.cloud.app import create_app
 from tether.cloud.auth import LOGIN_ATTEMPTS_PER_ACCOUNT, LOGIN_ATTEMPTS_PER_ADDRESS, LoginLimits
 from tether.cloud.errors import ApiError

@@ -100,7 +100,7 @@ def test_agent_claims_goes_live_and_is_read_through_the_cloud_with_no_value_stor
         assert metrics.status_code == 200 and "system" in metrics.text
     direct = agent.get("/api/v1/info").json()
     info = state_of(cloud, node_id)
-    assert info["hostname"] == direct.get("hostname", info["hostname"])
+    assert info["hostname"] == direct["hostname"]
     assert info["agent_version"]
 
     # No metric value reached the database or the log: look for the distinctive

@@ -6,46 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.fixtures.cloud import PG_ENV, Cloud, _create_pg_database
+from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.peer import KEEPALIVE, Peer, link_up
-
-NATS_URL = "nats://127.0.0.1:4222"
-DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        url, drop = _create_pg_database(os.environ.get(PG_ENV) or DEFAULT_PG)
-    except Exception as exc:  # the machine's PostgreSQL is part of the test bed
-        pytest.fail(f"PostgreSQL at {DEFAULT_PG} is needed for the scale-out test: {exc}")
-    yield url
-    drop()
-
-
-def pair(start_cloud: Callable[..., Cloud], pg_url: str) -> tuple[Cloud, Cloud]:
-    prefix = "t" + uuid.uuid4().hex[:10]  # parallel tests share the NATS server
-    args = (
-        "--keepalive",
-        f"{KEEPALIVE:g}",
-        "--nats-url",
-        NATS_URL,
-        "--nats-subject-prefix",
-        prefix,
-    )
-    a = start_cloud(*args, database_url=pg_url)
-    b = start_cloud(*args, database_url=pg_url, data_dir=a.data_dir)
-    return a, b
+from tests.fixtures.scaleout import pair
 
 
 def test_a_browser_on_one_process_reads_a_node_linked_to_the_other(

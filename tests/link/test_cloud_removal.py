@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.link.conftest import link_agent, poll
+from tests.fixtures.common import poll
+from tests.fixtures.linked import link_agent
 
 # The production keepalive: the sweeper would only notice a removal after this.
 KEEPALIVE = 20.0

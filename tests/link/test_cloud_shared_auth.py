@@ -15,26 +15,19 @@ import httpx
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.peer import Link, Peer, open_ws
+from tests.fixtures.scaleout import pair
 from tests.fixtures.stranger import Stranger
-from tests.link.test_cloud_nats import NATS_URL, pg_url  # noqa: F401 - the fixture
 from tether.protocol import auth
 from tether.protocol.frames import HelloAck, decode, encode
 
 
-def pair(start_cloud: Callable[..., Cloud], pg_url: str) -> tuple[Cloud, Cloud]:  # noqa: F811
-    """Two processes with the production keepalive (20 s): the sweeper would
-    notice a removal only after that, so a quick close proves the push."""
-    prefix = "t" + uuid.uuid4().hex[:10]  # parallel tests share the NATS server
-    args = ("--keepalive", "20", "--nats-url", NATS_URL, "--nats-subject-prefix", prefix)
-    a = start_cloud(*args, database_url=pg_url)
-    return a, start_cloud(*args, database_url=pg_url, data_dir=a.data_dir)
-
-
 def test_challenge_and_link_token_work_once_across_processes(
     start_cloud: Callable[..., Cloud],
-    pg_url: str,  # noqa: F811
+    pg_url: str,
 ) -> None:
-    a, b = pair(start_cloud, pg_url)
+    # The production keepalive (20 s): the sweeper would notice a removal only
+    # after that, so a quick close proves the push.
+    a, b = pair(start_cloud, pg_url, keepalive=20)
     peer = Peer(a).claim()
     with a.client() as http:
         answer = peer.answer_of(peer.challenge(http))  # issued by A
@@ -90,13 +83,15 @@ def test_challenge_and_link_token_work_once_across_processes(
 
 def test_challenge_caps_and_answers_hold_across_processes(
     start_cloud: Callable[..., Cloud],
-    pg_url: str,  # noqa: F811
+    pg_url: str,
 ) -> None:
     """A flood from another address, split over both processes, holds 2 of the
     node's challenges in all (the node's row lock), evicts nothing, and the
     node authenticates through either process; 403 only for a live challenge
     answered wrong, 401 for one the Cloud does not hold."""
-    a, b = pair(start_cloud, pg_url)
+    # The production keepalive (20 s): the sweeper would notice a removal only
+    # after that, so a quick close proves the push.
+    a, b = pair(start_cloud, pg_url, keepalive=20)
     peer = Peer(a).claim()
     with a.client() as http:
         mine = peer.challenge(http)  # the node's own, issued before the flood

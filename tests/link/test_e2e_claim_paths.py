@@ -10,9 +10,9 @@ import pytest
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.fixtures.common import clean_env, command
+from tests.fixtures.common import clean_env, command, poll
+from tests.fixtures.linked import Linked, cloud_args, trust
 from tests.fixtures.proxies import ProxyProcess
-from tests.link.conftest import Linked, cloud_args, poll, trust
 
 
 def space_nodes(cloud: Cloud) -> list[dict[str, object]]:

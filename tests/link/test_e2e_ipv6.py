@@ -9,7 +9,8 @@ import pytest
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.link.conftest import Linked, cloud_args, poll, run_claim, trust
+from tests.fixtures.common import poll
+from tests.fixtures.linked import Linked, cloud_args, run_claim, trust
 
 
 def _has_ipv6_loopback() -> bool:

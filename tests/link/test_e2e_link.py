@@ -14,7 +14,6 @@ import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -22,32 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.link.conftest import KEEPALIVE, Linked, cloud_args, link_agent, poll
+from tests.fixtures.common import poll
+from tests.fixtures.linked import KEEPALIVE, Linked, cloud_args, cpu_through_cloud, link_agent
 from tether.paths import AgentPaths
-
-
-def cpu_through_cloud(linked: Linked) -> dict[str, Any]:
-    # A freshly started agent has no CPU chart until its second collection.
-    r = poll(
-        lambda: (
-            (r := linked.relay("data", chart="system.cpu", after=-5, points=5)).status_code != 404
-            and r
-        ),
-        10,
-        "the CPU chart",
-        every=0.3,
-    )
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["id"] == "system.cpu"
-    labels, rows = body["result"]["labels"], body["result"]["data"]
-    assert labels[0] == "time" and len(labels) > 1
-    assert 1 <= len(rows) <= 5
-    now = time.time()
-    assert all(now - 30 < row[0] <= now + 2 for row in rows), rows
-    total = sum(v for v in rows[0][1:] if v is not None)
-    assert 0 <= total <= 100.5, rows
-    return dict(body)
 
 
 def test_claim_live_query_then_cloud_killed_and_back(
@@ -121,7 +97,8 @@ def test_agent_killed_goes_offline_within_keepalive(linked: Linked) -> None:
     assert node["state_since"]
     # Relaying to an offline node fails fast and clearly, never hangs.
     r = linked.relay("info")
-    assert r.status_code in (502, 503, 504), r.text
+    assert (r.status_code, r.json()["errorMsgKey"]) == (503, "ErrNodeUnreachable"), r.text
+    assert r.json()["state"] == "offline" and r.headers["Retry-After"] == "5"
 
 
 @pytest.mark.parametrize("how", ["shutdown-agent", "SIGTERM"])

@@ -12,9 +12,9 @@ import pytest
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.common import poll
+from tests.fixtures.linked import Linked, Restartable, cloud_args, cpu_through_cloud, link_agent
 from tests.fixtures.proxies import ProxyProcess
-from tests.link.conftest import Linked, Restartable, cloud_args, link_agent, poll
-from tests.link.test_e2e_link import cpu_through_cloud
 
 
 def proxied_round_trip(

@@ -8,15 +8,14 @@ from collections.abc import Callable
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.link.conftest import Linked, link_agent
-from tests.link.test_cloud_nats import pair, pg_url  # noqa: F401  (pg_url is a fixture)
-from tests.link.test_e2e_link import cpu_through_cloud
+from tests.fixtures.linked import Linked, cpu_through_cloud, link_agent
+from tests.fixtures.scaleout import pair
 
 
 def test_real_agent_linked_to_one_process_read_through_the_other(
     start_cloud: Callable[..., Cloud],
     start_agent: AgentLauncher,
-    pg_url: str,  # noqa: F811
+    pg_url: str,
 ) -> None:
     a, b = pair(start_cloud, pg_url)
     on_a = link_agent(a, start_agent)

@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
+from tests.fixtures.linked import link_agent
 from tests.fixtures.peer import FAST, Link, Peer, link_up, new_key, open_ws
-from tests.link.conftest import link_agent
 from tether.cloud.link_budget import BUDGETS, MAX_DROPS
 from tether.protocol.auth import PasswordReply
 from tether.protocol.frames import (

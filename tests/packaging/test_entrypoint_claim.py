@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.fixtures.cloud import Cloud
-from tests.packaging.conftest import ContainerStarter
+from tests.fixtures.packaging import ContainerStarter
 
 
 def _nodes(cloud: Cloud) -> list[dict[str, object]]:

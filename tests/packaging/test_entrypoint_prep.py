@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import run_entrypoint
+from tests.fixtures.packaging import run_entrypoint
 from tether.paths import AgentPaths
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----"

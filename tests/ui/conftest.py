@@ -1,26 +1,18 @@
 """Fixtures for the UI tests: a real headless Chromium (Debian's, driven by
-Playwright) and helpers to sign in, take screenshots and make members."""
+Playwright). The helpers to sign in and make members are in tests/fixtures/ui.py."""
 
 from __future__ import annotations
 
-import json
 import re
-import secrets
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.fixtures.cloud import Cloud
-from tests.fixtures.invitations import join
-from tether.paths import AgentPaths
+from tests.fixtures.ui import Tab
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 CHROMIUM_ARGS = [
     # Without this Chromium sends DNS queries for Google hosts even headless.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
@@ -45,26 +37,6 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@dataclass
-class Tab:
-    """One browser context + page, recording what a user would not see:
-    console errors (CSP violations among them) and failed page loads."""
-
-    page: Any
-    context: Any
-    name: str
-    console_errors: list[str]
-    step: int = 0
-
-    def shot(self, what: str) -> Path:
-        """Save a screenshot under test-artifacts/ui/ (kept as a CI artifact)."""
-        self.step += 1
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / f"{self.name}-{self.step:02d}-{what}.png"
-        self.page.screenshot(path=str(path), full_page=True)
-        return path
-
-
 @pytest.fixture
 def open_tab(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     contexts: list[Any] = []
@@ -84,63 +56,3 @@ def open_tab(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     yield make
     for ctx in contexts:
         ctx.close()
-
-
-def sign_in(tab: Tab, cloud: Cloud, email: str | None = None, password: str | None = None) -> None:
-    page = tab.page
-    page.goto(cloud.url + "/")
-    assert "/signin" in page.url
-    page.fill("input[name=email]", email or cloud.admin_email)
-    page.fill("input[name=password]", password or str(cloud.admin_password))
-    page.click("#signin-form button[type=submit]")
-    page.wait_for_url(re.compile(r".*/spaces/.*/rooms/.*"))
-
-
-def make_member(cloud: Cloud, role: str = "member") -> tuple[str, str]:
-    """A new user (through the CLI, as an operator would) invited to the
-    quickstart Space through the API with `role`, who accepted; returns
-    (email, password)."""
-    email = f"user-{secrets.token_hex(4)}@example.com"
-    password = secrets.token_urlsafe(12)
-    made = cloud.cli(
-        "admin",
-        "create-user",
-        "--email",
-        email,
-        "--password-stdin",
-        "--api-token",
-        "--json",
-        input=password + "\n",
-    )
-    assert made.returncode == 0, made.stderr
-    join(cloud, email, json.loads(made.stdout)["api_token"], role)
-    return email, password
-
-
-def trust_cloud(prefix: Path, cloud: Cloud) -> AgentPaths:
-    """What the Connect Nodes page tells users of a private-CA Cloud to do."""
-    paths = AgentPaths(prefix)
-    paths.cloud_dir.mkdir(parents=True, exist_ok=True)
-    assert cloud.ca_file
-    shutil.copy(cloud.ca_file, paths.cloud_fullchain_file)
-    return paths
-
-
-def session_client(cloud: Cloud, email: str, password: str) -> httpx.Client:
-    """An httpx client signed in through the sign-in form, like a browser."""
-    c = cloud.client(follow_redirects=False)
-    r = c.get("/signin")
-    token = re.search(r'name="login_csrf" value="([^"]+)"', r.text)
-    assert token, r.text
-    r = c.post(
-        "/signin",
-        data={"email": email, "password": password, "login_csrf": token.group(1), "next": "/"},
-    )
-    assert r.status_code == 303, r.text
-    return c
-
-
-def csrf_of(html: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert m, "no CSRF token in the page"
-    return m.group(1)

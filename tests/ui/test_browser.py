@@ -12,7 +12,7 @@ import pytest
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import clean_env, command
-from tests.ui.conftest import make_member, sign_in, trust_cloud
+from tests.fixtures.ui import make_member, sign_in, trust_cloud
 
 pytestmark = pytest.mark.browser
 

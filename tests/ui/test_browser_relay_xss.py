@@ -16,7 +16,7 @@ from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.hostile import serving
 from tests.fixtures.peer import Peer
-from tests.ui.conftest import sign_in
+from tests.fixtures.ui import sign_in
 from tether.protocol.frames import QueryRequest, QueryResponse
 
 pytestmark = pytest.mark.browser

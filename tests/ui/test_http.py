@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import clean_env, command
-from tests.ui.conftest import csrf_of, make_member, session_client, trust_cloud
+from tests.fixtures.ui import csrf_of, make_member, session_client, trust_cloud
 from tether.cloud.tls import cert_sha256
 
 KICKSTART = Path(__file__).resolve().parents[2] / "src" / "tether" / "claim" / "kickstart.sh"
@@ -170,7 +170,7 @@ def test_sign_in_rules(cloud: Cloud) -> None:
 
 
 def test_add_existing_node_to_a_room_then_remove_it(cloud: Cloud) -> None:
-    from tests.cloud.helpers import claim
+    from tests.fixtures.api import claim
 
     node_id = str(uuid.uuid4())
     assert claim(cloud, node_id, hostname="db-7", rooms=[]).status_code == 204

@@ -33,7 +33,7 @@ die() { echo "kickstart: ERROR: $*" >&2; exit 1; }
 
 token="" rooms="" url="" proxy="" claim_id="" prefix="" package="" insecure=0
 
-need_value() { [ "$#" -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+need_value() { if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value"; fi; }
 
 while [ "$#" -gt 0 ]; do
   case "$1" in
