@@ -198,10 +198,9 @@ def test_admin_can_ask_a_node_to_come_back_later(start_cloud: Callable[..., Clou
     asyncio.run(scenario())
     node = poll(lambda: (n := peer.node())["state"] == "offline" and n, 5, "offline")
     assert "disconnected: requested by" in node["state_cause"]
-    assert cloud.api("POST", path).status_code == 409  # no live link now
-    started = time.monotonic()
+    r = cloud.api("POST", path)  # no live link now
+    assert r.status_code == 409 and r.json()["errorMsgKey"] == "ErrNodeNotLinked"
     assert cloud.api("POST", path, token="").status_code == 401
-    assert time.monotonic() - started < 5
 
 
 def test_graceful_stop_under_reconnect_churn_is_clean(start_cloud: Callable[..., Cloud]) -> None:

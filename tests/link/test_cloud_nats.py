@@ -16,6 +16,8 @@ from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.peer import KEEPALIVE, Peer, link_up
 from tests.fixtures.scaleout import pair
+from tether.protocol.frames import Disconnect
+from tether.protocol.link import CLOSE_NODE_REMOVED
 
 
 def test_a_browser_on_one_process_reads_a_node_linked_to_the_other(
@@ -63,5 +65,30 @@ def test_a_browser_on_one_process_reads_a_node_linked_to_the_other(
         assert "Cloud process stopped" in node["state_cause"]
         r = await asyncio.to_thread(a.api, "GET", f"{base}/info")
         assert r.status_code == 503
+
+    asyncio.run(scenario())
+
+
+def test_disconnect_and_removal_asked_on_one_process_reach_the_link_on_the_other(
+    start_cloud: Callable[..., Cloud], pg_url: str
+) -> None:
+    a, b = pair(start_cloud, pg_url)
+    peer = Peer(a).claim()
+    node_path = f"/api/v1/spaces/{b.space_id}/nodes/{peer.node_id}"
+
+    async def scenario() -> None:
+        link = await link_up(peer)  # linked to A, asked through B
+        r = await asyncio.to_thread(
+            b.api, "POST", f"{node_path}/disconnect", json={"reconnect_after_seconds": 42}
+        )
+        assert r.status_code == 200, r.text
+        frame = await link.recv()
+        assert isinstance(frame, Disconnect) and frame.reconnect_after_seconds == 42
+        await link.closed()
+        link = await link_up(peer)
+        r = await asyncio.to_thread(b.api, "DELETE", node_path)
+        assert r.status_code == 204, r.text
+        code, _ = await link.closed(within=5)  # at once, not at A's next sweep
+        assert code == CLOSE_NODE_REMOVED
 
     asyncio.run(scenario())

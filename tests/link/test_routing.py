@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,10 +16,12 @@ import msgspec
 import pytest
 
 from tether.cloud.routing import (
+    DISCONNECT,
+    REMOVE,
+    ControlCommand,
     InMemoryRouter,
     NatsRouter,
     NodeNotConnected,
-    PresenceEvent,
     RelayTimeout,
     Router,
     RoutingError,
@@ -38,6 +39,24 @@ def agent_handler(name: str, delay: float = 0.0) -> Handler:
 
     async def handle(req: QueryRequest) -> QueryResponse:
         await asyncio.sleep(delay)
+        body = msgspec.json.encode({"by": name, "path": req.path, "timeout_ms": req.timeout_ms})
+        return QueryResponse(id=req.id, status=200, body=body)
+
+    return handle
+
+
+def barrier_handler(name: str, parties: int) -> Handler:
+    """Answers only once `parties` requests are inside it at the same time: a
+    router that ran them one after another would time out instead."""
+    inside = 0
+    everyone_in = asyncio.Event()
+
+    async def handle(req: QueryRequest) -> QueryResponse:
+        nonlocal inside
+        inside += 1
+        if inside >= parties:
+            everyone_in.set()
+        await everyone_in.wait()
         body = msgspec.json.encode({"by": name, "path": req.path, "timeout_ms": req.timeout_ms})
         return QueryResponse(id=req.id, status=200, body=body)
 
@@ -84,17 +103,14 @@ def test_in_memory_timeout_and_concurrency() -> None:
     async def main() -> None:
         r = InMemoryRouter()
         await r.register("slow", agent_handler("slow", delay=5))
-        await r.register("n", agent_handler("n", delay=0.2))
-        started = time.monotonic()
+        await r.register("n", barrier_handler("n", parties=20))
         with pytest.raises(RelayTimeout, match=r"did not answer within 0\.3 s"):
             await r.request("slow", QueryRequest(id=1, path="/"), timeout=0.3)
-        assert time.monotonic() - started < 1.5
-        started = time.monotonic()
+        # All 20 are in the handler at once (one after another, none would answer).
         answers = await asyncio.gather(
-            *(r.request("n", QueryRequest(id=i, path=f"/{i}"), timeout=3) for i in range(20))
+            *(r.request("n", QueryRequest(id=i, path=f"/{i}"), timeout=5) for i in range(20))
         )
         assert [answer(a)["path"] for a in answers] == [f"/{i}" for i in range(20)]
-        assert time.monotonic() - started < 1.5  # in parallel, not 20 x 0.2 s
 
     run(main())
 
@@ -113,17 +129,27 @@ def test_in_memory_stale_unregister_keeps_newer_link() -> None:
     run(main())
 
 
-def test_in_memory_presence_callbacks() -> None:
+def control_recorder(
+    held: set[str], heard: list[tuple[str, str]]
+) -> Callable[[ControlCommand], Awaitable[bool]]:
+    """A link layer holding the nodes in `held`: records every command it hears."""
+
+    async def on_control(command: ControlCommand) -> bool:
+        heard.append((command.action, command.node_id))
+        return command.node_id in held
+
+    return on_control
+
+
+def test_in_memory_control_reaches_this_process_only_handler() -> None:
     async def main() -> None:
         r = InMemoryRouter()
-        seen: list[PresenceEvent] = []
-
-        async def on(e: PresenceEvent) -> None:
-            seen.append(e)
-
-        r.subscribe_presence(on)
-        await r.publish_presence(PresenceEvent(node_id="n", state="live", session_id="s", at=1.0))
-        assert [(e.node_id, e.state) for e in seen] == [("n", "live")]
+        assert not await r.control(ControlCommand(node_id="n", action=REMOVE))  # no link layer
+        heard: list[tuple[str, str]] = []
+        r.set_control_handler(control_recorder({"n"}, heard))
+        assert await r.control(ControlCommand(node_id="n", action=DISCONNECT, delay=5))
+        assert not await r.control(ControlCommand(node_id="other", action=REMOVE))
+        assert heard == [(DISCONNECT, "n"), (REMOVE, "other")]
 
     run(main())
 
@@ -202,16 +228,13 @@ def test_nats_request_reaches_node_on_other_process() -> None:
 def test_nats_unknown_node_and_timeout() -> None:
     async def main() -> None:
         async with nats_pair() as (a, b):
-            started = time.monotonic()
+            # "Not connected" (HTTP 503), not a wait for the full timeout (504).
             with pytest.raises(NodeNotConnected):
                 await a.request("nobody", QueryRequest(id=1, path="/"), timeout=5)
-            assert time.monotonic() - started < 1.0  # not the full timeout
             await b.register("slow", agent_handler("b", delay=10))
             await asyncio.sleep(0.05)
-            started = time.monotonic()
-            with pytest.raises(RelayTimeout):
+            with pytest.raises(RelayTimeout, match=r"within 0\.5 s"):
                 await a.request("slow", QueryRequest(id=2, path="/"), timeout=0.5)
-            assert time.monotonic() - started < 1.5
 
     run(main())
 
@@ -220,7 +243,7 @@ def test_nats_unknown_node_and_timeout() -> None:
 def test_nats_concurrent_requests_and_large_answers() -> None:
     async def main() -> None:
         async with nats_pair() as (a, b):
-            await b.register("n", agent_handler("b", delay=0.2))
+            await b.register("n", barrier_handler("b", parties=30))
             big = b'{"data":[' + b"[1700000000,1.5,2.25]," * 20000 + b"[0]]}"
 
             async def big_handler(req: QueryRequest) -> QueryResponse:
@@ -228,12 +251,11 @@ def test_nats_concurrent_requests_and_large_answers() -> None:
 
             await b.register("big", big_handler)
             await asyncio.sleep(0.05)
-            started = time.monotonic()
+            # All 30 are inside b's handler at once: a slow node never holds up others.
             answers = await asyncio.gather(
-                *(a.request("n", QueryRequest(id=i, path=f"/{i}"), timeout=5) for i in range(30))
+                *(a.request("n", QueryRequest(id=i, path=f"/{i}"), timeout=10) for i in range(30))
             )
             assert [answer(x)["path"] for x in answers] == [f"/{i}" for i in range(30)]
-            assert time.monotonic() - started < 2.0  # in parallel, not 30 x 0.2 s
             resp = await a.request("big", QueryRequest(id=99, path="/"), timeout=5)
             assert resp.encoding == "zlib" and len(resp.body) < len(big) / 5
             assert response_body(resp) == big
@@ -281,10 +303,9 @@ def test_nats_owner_process_gone() -> None:
             # b dies without a word (its NATS connection just closes).
             await b._client().close()
             await asyncio.sleep(0.2)  # the NATS server notices the closed connection
-            started = time.monotonic()
+            # "Not connected" (no responders), not a wait for the full timeout.
             with pytest.raises(NodeNotConnected):
                 await a.request("n", QueryRequest(id=1, path="/"), timeout=3)
-            assert time.monotonic() - started < 1.5
         finally:
             await a.close()
 
@@ -292,25 +313,24 @@ def test_nats_owner_process_gone() -> None:
 
 
 @pytest.mark.nats
-def test_nats_presence_reaches_every_process() -> None:
+def test_nats_control_reaches_only_the_holding_process() -> None:
     async def main() -> None:
         async with nats_pair() as (a, b):
-            seen: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
-            for name, r in (("a", a), ("b", b)):
-
-                async def on(e: PresenceEvent, name: str = name) -> None:
-                    seen[name].append((e.state, e.cause))
-
-                r.subscribe_presence(on)
-            for state in ("live", "offline", "live"):
-                await b.publish_presence(
-                    PresenceEvent(
-                        node_id="n", state=state, session_id="s", at=time.time(), cause="test"
-                    )
-                )
-            await asyncio.sleep(0.2)
-            expected = [("live", "test"), ("offline", "test"), ("live", "test")]
-            assert seen == {"a": expected, "b": expected}  # in order, on both
+            c = NatsRouter(NATS_URL, a.prefix)
+            await c.start()
+            try:
+                heard: dict[str, list[tuple[str, str]]] = {"a": [], "b": [], "c": []}
+                for name, r in (("a", a), ("b", b), ("c", c)):
+                    r.set_control_handler(control_recorder({"n"}, heard[name]))
+                await a.register("n", agent_handler("a"))
+                await asyncio.sleep(0.05)
+                # Asked on b, done on a; c never hears of it.
+                assert await b.control(ControlCommand(node_id="n", action=DISCONNECT, delay=1))
+                # Nobody holds "gone": no process is bothered, the answer is "not done".
+                assert not await c.control(ControlCommand(node_id="gone", action=REMOVE))
+                assert heard == {"a": [(DISCONNECT, "n")], "b": [], "c": []}
+            finally:
+                await c.close()
 
     run(main())
 

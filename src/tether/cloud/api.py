@@ -530,7 +530,9 @@ async def disconnect_node(request: Request) -> Response:
     done = await request.app.state.links.disconnect(node_id, delay, f"requested by {user.email}")
     if not done:
         return error_response(
-            409, "ErrNodeNotLinkedHere", "The node has no live link on this Cloud process."
+            409,
+            "ErrNodeNotLinked",
+            "The node has no live link to this Cloud; it is asked when it is live.",
         )
     return JSONResponse({"disconnected": True, "reconnect_after_seconds": delay})
 

@@ -12,7 +12,8 @@ calls `request()`. Two implementations behind one small interface:
     {prefix}.proc.{process_id}.{node_id}   queries for nodes this process holds
     {prefix}.locate.{node_id}              "who holds N?" (only the holder answers)
     {prefix}.owner                         ownership claims/releases, broadcast
-    {prefix}.presence                      presence changes, broadcast for UIs
+    {prefix}.ctl.{process_id}              commands for a link this process holds
+                                           (close a removed node, disconnect)
 
   Each process caches node -> owning process from the ownership broadcasts
   (None = known not connected); a node it has never heard of is located once.
@@ -20,7 +21,9 @@ calls `request()`. Two implementations behind one small interface:
 
 Both deliver to the links this process holds through `LocalHandlers`. Callers
 use `Router` only: `process_id` names this process (recorded on the nodes it
-holds) and `subscribe_takeover` hears of another process taking a node over
+holds), `control` carries a command to whichever process holds the node's link
+(only that one hears it: presence itself lives in the database, not on the
+bus), and `subscribe_takeover` hears of another process taking a node over
 (which, with one process, never happens).
 
 Handlers own their link's correlation ids: they may re-number a request for
@@ -51,20 +54,24 @@ log = logging.getLogger("tether.cloud.routing")
 Handler = Callable[[QueryRequest], Awaitable[QueryResponse]]
 
 
-class PresenceEvent(msgspec.Struct, kw_only=True):
-    """A node's presence changed (see tether.protocol.states)."""
+class ControlCommand(msgspec.Struct, kw_only=True, frozen=True):
+    """A command for the link of one node, carried to the process holding it.
+
+    REMOVE: the node was deleted, close its link with 4003.
+    DISCONNECT: an admin asks it to go and come back after `delay`.
+    """
 
     node_id: str
-    state: str
-    session_id: str
-    at: float
-    cause: str = ""
-    detail: str = ""
-    expected_back_seconds: float | None = None
-    process_id: str = ""
+    action: str
+    delay: float | None = None
+    text: str = ""
 
 
-PresenceCallback = Callable[[PresenceEvent], Awaitable[None]]
+REMOVE = "remove"
+DISCONNECT = "disconnect"
+
+# Answers whether this process held the node's link and acted on it.
+ControlHandler = Callable[[ControlCommand], Awaitable[bool]]
 
 
 class RoutingError(Exception):
@@ -114,9 +121,12 @@ class Router(Protocol):
     async def request(self, node_id: str, req: QueryRequest, timeout: float) -> QueryResponse:  # noqa: ASYNC109
         """The node's answer, or NodeNotConnected / RelayTimeout."""
 
-    async def publish_presence(self, event: PresenceEvent) -> None: ...
+    async def control(self, command: ControlCommand) -> bool:
+        """Run `command` on the process holding the node's link; whether one
+        held it (False when no process does)."""
 
-    def subscribe_presence(self, callback: PresenceCallback) -> None: ...
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        """The link layer's handler for commands about links held here."""
 
     def subscribe_takeover(self, callback: TakeoverCallback) -> None:
         """Call `callback(node_id)` when another process announces it holds a
@@ -142,19 +152,8 @@ async def _call_handler(
         raise RelayTimeout(node_id, timeout) from None
 
 
-class _PresenceFanout:
-    def __init__(self) -> None:
-        self._callbacks: list[PresenceCallback] = []
-
-    def add(self, callback: PresenceCallback) -> None:
-        self._callbacks.append(callback)
-
-    async def deliver(self, event: PresenceEvent) -> None:
-        for callback in self._callbacks:
-            try:
-                await callback(event)
-            except Exception:
-                log.exception("presence callback failed for node %s", event.node_id)
+async def _no_control(command: ControlCommand) -> bool:
+    return False  # no link layer attached: nothing is held here
 
 
 class LocalHandlers:
@@ -196,7 +195,7 @@ class InMemoryRouter:
     def __init__(self, process_id: str | None = None) -> None:
         self.process_id = _check_token("process id", process_id or uuid.uuid4().hex)
         self.local = LocalHandlers()
-        self._presence = _PresenceFanout()
+        self._control: ControlHandler = _no_control
 
     async def start(self) -> None:
         return None
@@ -219,11 +218,11 @@ class InMemoryRouter:
     def subscribe_takeover(self, callback: TakeoverCallback) -> None:
         return None  # no other process can take a node over
 
-    async def publish_presence(self, event: PresenceEvent) -> None:
-        await self._presence.deliver(event)
+    async def control(self, command: ControlCommand) -> bool:
+        return await self._control(command)
 
-    def subscribe_presence(self, callback: PresenceCallback) -> None:
-        self._presence.add(callback)
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        self._control = handler
 
 
 class _Ownership(msgspec.Struct, array_like=True):
@@ -263,7 +262,7 @@ class NatsRouter:
         self.local = LocalHandlers()
         # node id -> owning process id, or None when known not connected.
         self._owners: dict[str, str | None] = {}
-        self._presence = _PresenceFanout()
+        self._control: ControlHandler = _no_control
         self._tasks: set[asyncio.Task[None]] = set()
         self._takeover: list[TakeoverCallback] = []
         self._nc: NatsClient | None = None
@@ -310,8 +309,7 @@ class NatsRouter:
         await nc.subscribe(f"{p}.proc.{self.process_id}.*", cb=self._spawn(self._on_query))
         await nc.subscribe(f"{p}.locate.*", cb=self._on_locate)
         await nc.subscribe(f"{p}.owner", cb=self._on_owner)
-        # Presence in order (live before offline), so no task per message here.
-        await nc.subscribe(f"{p}.presence", cb=self._on_presence)
+        await nc.subscribe(f"{p}.ctl.{self.process_id}", cb=self._spawn(self._on_control))
         await nc.flush()
 
     async def close(self) -> None:
@@ -465,19 +463,39 @@ class NatsRouter:
         with contextlib.suppress(Exception):  # the requester may have given up
             await msg.respond(msgspec.msgpack.encode(answer))
 
-    # -- presence ----------------------------------------------------------------
+    # -- commands ----------------------------------------------------------------
 
-    async def publish_presence(self, event: PresenceEvent) -> None:
-        event = msgspec.structs.replace(event, process_id=event.process_id or self.process_id)
-        await self._client().publish(f"{self.prefix}.presence", msgspec.msgpack.encode(event))
-
-    def subscribe_presence(self, callback: PresenceCallback) -> None:
-        self._presence.add(callback)
-
-    async def _on_presence(self, msg: Msg) -> None:
+    async def control(self, command: ControlCommand) -> bool:
+        if self.is_local(command.node_id):
+            return await self._control(command)
+        _check_token("node id", command.node_id)
+        # Always locate afresh: a cached "not connected" may be stale, and a
+        # removed node must not keep its link because of it.
+        owner = await self._locate(command.node_id)
+        if owner is None or owner == self.process_id:
+            return False
         try:
-            event = msgspec.msgpack.decode(msg.data, type=PresenceEvent)
+            reply = await self._client().request(
+                f"{self.prefix}.ctl.{owner}", msgspec.msgpack.encode(command), timeout=2.0
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            log.warning("process %s did not answer a %s command", owner, command.action)
+            return False
+        return reply.data == b"1"
+
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        self._control = handler
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            command = msgspec.msgpack.decode(msg.data, type=ControlCommand)
         except msgspec.MsgspecError:
-            log.warning("ignoring a malformed presence message on NATS")
+            log.warning("ignoring a malformed link command on NATS")
             return
-        await self._presence.deliver(event)
+        try:
+            done = await self._control(command)
+        except Exception:
+            log.exception("link command %s for node %s failed", command.action, command.node_id)
+            done = False
+        with contextlib.suppress(Exception):  # the sender may have given up
+            await msg.respond(b"1" if done else b"0")

@@ -42,7 +42,7 @@ from tether.cloud.link import presence, processes
 from tether.cloud.link.presence import ConnectRecord, DisconnectRecord
 from tether.cloud.link_budget import LinkBudget, Verdict
 from tether.cloud.models import Node
-from tether.cloud.routing import NodeNotConnected, PresenceEvent, Router
+from tether.cloud.routing import NodeNotConnected, Router
 from tether.cloud.secret_store import SecretStore
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import nodes as node_store
@@ -72,7 +72,6 @@ from tether.protocol.link import (
     LinkState,
     Role,
 )
-from tether.protocol.states import NodeState
 
 log = logging.getLogger("tether.cloud.link")
 
@@ -305,31 +304,6 @@ class Endpoint:
             args = (*args, suppressed)
         log.log(level, msg, *args)
 
-    # -- presence -----------------------------------------------------------------
-
-    async def _publish(
-        self,
-        node_id: str,
-        state: str,
-        session_id: str,
-        cause: str,
-        detail: str = "",
-        expected_back_seconds: float | None = None,
-    ) -> None:
-        event = PresenceEvent(
-            node_id=node_id,
-            state=state,
-            session_id=session_id,
-            at=time.time(),
-            cause=cause,
-            detail=detail,
-            expected_back_seconds=expected_back_seconds,
-        )
-        try:
-            await self.router.publish_presence(event)
-        except Exception as exc:
-            log.warning("could not publish the presence of node %s: %s", node_id, exc)
-
     # -- the endpoint ---------------------------------------------------------------
 
     async def endpoint(self, ws: WebSocket) -> None:
@@ -448,13 +422,6 @@ class Endpoint:
                 address,
                 session_id,
                 meta.for_log(hello.agent_version),
-            )
-            await self._publish(
-                node_id,
-                NodeState.LIVE,
-                session_id,
-                states.CAUSE_REPLACED if old or connected.duplicate else states.CAUSE_CONNECTED,
-                f"connected from {address}",
             )
             if self.closing:  # the Cloud began stopping while this link was connecting
                 await self._close_for_restart(link)
@@ -683,23 +650,13 @@ class Endpoint:
         if link.recorded_offline:
             return
         try:
-            applied = await self._disconnects.submit(
+            await self._disconnects.submit(
                 DisconnectRecord(
                     link.node_id, link.session_id, cause, code, link.expected_back_seconds
                 )
             )
         except Exception:
             log.exception("ACLK node %s: could not record the link closing", link.node_id)
-            return
-        if applied:
-            await self._publish(
-                link.node_id,
-                NodeState.OFFLINE,
-                link.session_id,
-                code,
-                cause,
-                link.expected_back_seconds,
-            )
 
 
 def _budget_kind(link: LiveLink, frame: Frame) -> str | None:

@@ -32,9 +32,6 @@ from tether.protocol.frames import Hello
 from tether.protocol.link import describe_close
 from tether.protocol.states import NodeState
 
-# A presence event's state meaning "the node was removed": the process that
-# holds its link closes it with 4003 at once (not at the next sweep).
-STATE_REMOVED = "removed"
 _CHUNK = 500  # ids per IN (...) query
 # Presence never needs a node's rooms; skip their extra SELECT.
 NO_ROOMS = [lazyload(Node.rooms)]

@@ -17,13 +17,12 @@ from tether.cloud.db import Database
 from tether.cloud.limits import Clock
 from tether.cloud.link import presence, processes
 from tether.cloud.link.sweeper import Sweeper
-from tether.cloud.routing import PresenceEvent, Router
+from tether.cloud.routing import DISCONNECT, REMOVE, ControlCommand, Router
 from tether.cloud.secret_store import SecretStore
 from tether.cloud.settings import CloudSettings
 from tether.protocol import states
 from tether.protocol.frames import Disconnect
 from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_NORMAL, LinkState
-from tether.protocol.states import NodeState
 
 log = logging.getLogger("tether.cloud.link")
 
@@ -41,7 +40,7 @@ class LinkService(Sweeper):
     ) -> None:
         super().__init__(settings, db, router, secret_store, clock)
         self._stopped = False
-        router.subscribe_presence(self._on_presence)
+        router.set_control_handler(self._on_control)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -60,10 +59,6 @@ class LinkService(Sweeper):
             log.info(
                 "%d node(s) whose links died with an earlier Cloud process are offline",
                 len(changed),
-            )
-        for node_id, session in changed:
-            await self._publish(
-                node_id, NodeState.OFFLINE, session, states.CAUSE_CLOUD_CLOSED, "Cloud restarted"
             )
         self._sweeper = asyncio.create_task(self._sweep_forever(description))
 
@@ -84,21 +79,13 @@ class LinkService(Sweeper):
             await self._close_for_restart(link)
         sessions = {link.node_id: link.session_id for link in links}
         try:
-            changed = await run_in_threadpool(
+            await run_in_threadpool(
                 presence.db_mark_offline,
                 self.db,
                 sessions,
                 "Cloud restart",
                 states.CAUSE_CLOUD_CLOSED,
             )
-            for node_id in changed:
-                await self._publish(
-                    node_id,
-                    NodeState.OFFLINE,
-                    sessions[node_id],
-                    states.CAUSE_CLOUD_CLOSED,
-                    "Cloud restart",
-                )
             if links:
                 log.info("closed %d link(s) for the Cloud restart", len(links))
             await run_in_threadpool(processes.db_forget_process, self.db, self.process_id)
@@ -119,16 +106,31 @@ class LinkService(Sweeper):
     # -- node removal -------------------------------------------------------------
 
     async def close_node(self, node_id: str) -> None:
-        """The node was removed (its row is gone): close its live link now with
-        4003, here or, through the router, on whichever process holds it."""
-        await self._close_removed(node_id)
-        await self._publish(node_id, presence.STATE_REMOVED, "", states.CAUSE_REMOVED, "removed")
-
-    async def _close_removed(self, node_id: str) -> None:
+        """The node was removed (its row is gone): forget its one-time secrets
+        and close its live link now with 4003, here or, through the router, on
+        whichever process holds it."""
         await self.secret_store.forget_node(node_id)
+        await self.router.control(ControlCommand(node_id=node_id, action=REMOVE))
+
+    async def disconnect(self, node_id: str, delay: float | None, text: str) -> bool:
+        """Ask the node to disconnect and come back after `delay`, on whichever
+        process holds its link; whether one did."""
+        command = ControlCommand(node_id=node_id, action=DISCONNECT, delay=delay, text=text)
+        return await self.router.control(command)
+
+    async def _on_control(self, command: ControlCommand) -> bool:
+        """A command for a link this process may hold (see routing.ControlCommand)."""
+        if command.action == REMOVE:
+            return await self._close_removed(command.node_id)
+        if command.action == DISCONNECT:
+            return await self._disconnect_here(command.node_id, command.delay, command.text)
+        log.warning("ignoring an unknown link command %r", command.action)
+        return False
+
+    async def _close_removed(self, node_id: str) -> bool:
         link = self.links.get(node_id)
         if link is None or link.closed:
-            return
+            return False
         log.info("ACLK node %s was removed: closing its link", node_id)
         await link.close(
             CLOSE_NODE_REMOVED,
@@ -136,15 +138,9 @@ class LinkService(Sweeper):
             "node removed",
             states.CAUSE_REMOVED,
         )
+        return True
 
-    async def _on_presence(self, event: PresenceEvent) -> None:
-        if event.state == presence.STATE_REMOVED:
-            await self._close_removed(event.node_id)
-
-    # -- admin commands -------------------------------------------------------------
-
-    async def disconnect(self, node_id: str, delay: float | None, text: str) -> bool:
-        """Ask a locally linked node to disconnect and come back after `delay`."""
+    async def _disconnect_here(self, node_id: str, delay: float | None, text: str) -> bool:
         link = self.links.get(node_id)
         if link is None or link.conn.state is not LinkState.READY:
             return False

@@ -24,7 +24,6 @@ from tether.cloud.secret_store import SecretStore
 from tether.cloud.settings import CloudSettings
 from tether.protocol import states
 from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_REPLACED
-from tether.protocol.states import NodeState
 
 log = logging.getLogger("tether.cloud.link")
 
@@ -71,16 +70,9 @@ class Sweeper(Endpoint):
             await self.secret_store.purge_expired()
         await self._prune_history()
         self._forget_idle_budgets()
-        for node_id, session in await run_in_threadpool(
+        await run_in_threadpool(
             presence.db_reap_dead_processes, self.db, processes.grace_seconds(self.keepalive)
-        ):
-            await self._publish(
-                node_id,
-                NodeState.OFFLINE,
-                session,
-                states.CAUSE_CLOUD_CLOSED,
-                "link lost: its Cloud process stopped",
-            )
+        )
         if not self.links:
             return
         # Links added while the query runs are not judged by it.
@@ -100,10 +92,9 @@ class Sweeper(Endpoint):
             elif current[node_id] is None:
                 # Marked offline while its link is up here (this process was
                 # slow to beat): the link table is the truth, so say so again.
-                if await run_in_threadpool(
+                await run_in_threadpool(
                     presence.db_reassert_live, self.db, node_id, link.session_id, self.process_id
-                ):
-                    await self._publish(node_id, NodeState.LIVE, link.session_id, "reasserted")
+                )
             elif current[node_id] != link.session_id:
                 await self._close_replaced(node_id, link)
 
