@@ -9,17 +9,13 @@ import asyncio
 import logging
 import os
 import socket
-import time
 
 from starlette.concurrency import run_in_threadpool
 
-from tether.cloud.db import Database
-from tether.cloud.limits import Clock
 from tether.cloud.link import presence, processes
+from tether.cloud.link.endpoint import Endpoint
 from tether.cloud.link.sweeper import Sweeper
-from tether.cloud.routing import DISCONNECT, REMOVE, ControlCommand, Router
-from tether.cloud.secret_store import SecretStore
-from tether.cloud.settings import CloudSettings
+from tether.cloud.routing import DISCONNECT, REMOVE, ControlCommand
 from tether.protocol import states
 from tether.protocol.frames import Disconnect
 from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_NORMAL, LinkState
@@ -27,24 +23,16 @@ from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_NORMAL, LinkState
 log = logging.getLogger("tether.cloud.link")
 
 
-class LinkService(Sweeper):
-    """The live-link table of this Cloud process, its endpoint and its sweeper."""
+class LinkService(Endpoint):
+    """The live-link table of this Cloud process and its endpoint (Endpoint),
+    started and stopped with its sweeper, and the commands other parts give it."""
 
-    def __init__(
-        self,
-        settings: CloudSettings,
-        db: Database,
-        router: Router,
-        secret_store: SecretStore,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(settings, db, router, secret_store, clock)
-        self._stopped = False
-        router.set_control_handler(self._on_control)
+    _sweeping: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.router.set_control_handler(self._on_control)
         await self.router.start()
         description = f"{socket.gethostname()} pid {os.getpid()}"
         await run_in_threadpool(processes.db_heartbeat, self.db, self.process_id, description)
@@ -60,17 +48,16 @@ class LinkService(Sweeper):
                 "%d node(s) whose links died with an earlier Cloud process are offline",
                 len(changed),
             )
-        self._sweeper = asyncio.create_task(self._sweep_forever(description))
+        self._sweeping = Sweeper(self).start(description)
 
     async def stop(self) -> None:
         """Close every link (Disconnect with a jittered delay, then 1012), record
         the nodes offline in bulk, stop routing. Idempotent."""
-        if self._stopped:
+        if self.closing:
             return
-        self._stopped = True
         self.closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         links = list(self.links.values())
         # Spread the fleet's return: about 1 s per 500 links, 1 s at least.
         self._restart_spread = max(2.0, min(30.0, len(links) / 500))

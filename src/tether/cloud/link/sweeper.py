@@ -14,14 +14,9 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from tether.cloud import retention
-from tether.cloud.db import Database
-from tether.cloud.limits import Clock
 from tether.cloud.link import presence, processes
 from tether.cloud.link.endpoint import Endpoint, LiveLink
 from tether.cloud.outage import DATABASE_ERRORS
-from tether.cloud.routing import Router
-from tether.cloud.secret_store import SecretStore
-from tether.cloud.settings import CloudSettings
 from tether.protocol import states
 from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_REPLACED
 
@@ -30,28 +25,26 @@ log = logging.getLogger("tether.cloud.link")
 PRUNE_EVERY = 10.0  # seconds between history prunes at most (tether.cloud.retention)
 
 
-class Sweeper(Endpoint):
-    """The live-link table (Endpoint) with its periodic sweep."""
+class Sweeper:
+    """The periodic sweep over one Endpoint's live-link table."""
 
-    def __init__(
-        self,
-        settings: CloudSettings,
-        db: Database,
-        router: Router,
-        secret_store: SecretStore,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(settings, db, router, secret_store, clock)
-        self._sweeper: asyncio.Task[None] | None = None
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self._purged_at = time.monotonic()
+        settings = endpoint.settings
         self.retention = retention.Retention(
             settings.history_days, settings.node_events_per_node, settings.claim_audit_rows
         )
         self._pruned_at: float | None = None  # None: the first prune checks every node
-        router.subscribe_takeover(self._taken_over)
+
+    def start(self, description: str) -> asyncio.Task[None]:
+        """Sweep every keepalive interval until the task is cancelled; hear of
+        takeovers by other processes meanwhile."""
+        self.endpoint.router.subscribe_takeover(self.taken_over)
+        return asyncio.create_task(self._sweep_forever(description))
 
     async def _sweep_forever(self, description: str) -> None:
-        interval = processes.sweep_interval(self.keepalive)
+        interval = processes.sweep_interval(self.endpoint.keepalive)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -64,22 +57,28 @@ class Sweeper(Endpoint):
                 log.exception("link sweep failed")
 
     async def _sweep(self, description: str) -> None:
-        await run_in_threadpool(processes.db_heartbeat, self.db, self.process_id, description)
+        await run_in_threadpool(
+            processes.db_heartbeat, self.endpoint.db, self.endpoint.process_id, description
+        )
         if time.monotonic() - self._purged_at > 60:
             self._purged_at = time.monotonic()
-            await self.secret_store.purge_expired()
+            await self.endpoint.secret_store.purge_expired()
         await self._prune_history()
         self._forget_idle_budgets()
         await run_in_threadpool(
-            presence.db_reap_dead_processes, self.db, processes.grace_seconds(self.keepalive)
+            presence.db_reap_dead_processes,
+            self.endpoint.db,
+            processes.grace_seconds(self.endpoint.keepalive),
         )
-        if not self.links:
+        if not self.endpoint.links:
             return
         # Links added while the query runs are not judged by it.
-        snapshot = dict(self.links)
-        current = await run_in_threadpool(presence.db_current_sessions, self.db, list(snapshot))
+        snapshot = dict(self.endpoint.links)
+        current = await run_in_threadpool(
+            presence.db_current_sessions, self.endpoint.db, list(snapshot)
+        )
         for node_id, link in snapshot.items():
-            if self.links.get(node_id) is not link or link.closed:
+            if self.endpoint.links.get(node_id) is not link or link.closed:
                 continue
             if node_id not in current:
                 log.info("ACLK node %s was removed: closing its link", node_id)
@@ -93,19 +92,25 @@ class Sweeper(Endpoint):
                 # Marked offline while its link is up here (this process was
                 # slow to beat): the link table is the truth, so say so again.
                 await run_in_threadpool(
-                    presence.db_reassert_live, self.db, node_id, link.session_id, self.process_id
+                    presence.db_reassert_live,
+                    self.endpoint.db,
+                    node_id,
+                    link.session_id,
+                    self.endpoint.process_id,
                 )
             elif current[node_id] != link.session_id:
                 await self._close_replaced(node_id, link)
 
     async def _prune_history(self) -> None:
         """Bound node_events and claim_audit (tether.cloud.retention)."""
-        now = self.clock()
+        now = self.endpoint.clock()
         if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
             return
         every_node = self._pruned_at is None
         self._pruned_at = now
-        pruned = await run_in_threadpool(retention.prune, self.db, self.retention, None, every_node)
+        pruned = await run_in_threadpool(
+            retention.prune, self.endpoint.db, self.retention, None, every_node
+        )
         if pruned.node_events or pruned.claim_audit:
             log.info(
                 "history pruned: %d node event(s), %d claim audit row(s)",
@@ -114,17 +119,17 @@ class Sweeper(Endpoint):
             )
 
     def _forget_idle_budgets(self) -> None:
-        for node_id, budget in list(self.budgets.items()):
-            if node_id not in self.links and budget.forgettable():
-                del self.budgets[node_id]
+        for node_id, budget in list(self.endpoint.budgets.items()):
+            if node_id not in self.endpoint.links and budget.forgettable():
+                del self.endpoint.budgets[node_id]
 
-    async def _taken_over(self, node_id: str) -> None:
+    async def taken_over(self, node_id: str) -> None:
         """Another process announced a link for a node linked here: the
         database says which session is current; close this one if it is not."""
-        link = self.links.get(node_id)
+        link = self.endpoint.links.get(node_id)
         if link is None:
             return
-        current = await run_in_threadpool(presence.db_current_sessions, self.db, [node_id])
+        current = await run_in_threadpool(presence.db_current_sessions, self.endpoint.db, [node_id])
         if current.get(node_id) not in (None, link.session_id) and not link.closed:
             await self._close_replaced(node_id, link)
 
