@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.proxies",
     "tests.fixtures.postgres",
     "tests.fixtures.scaleout",
+    "tests.fixtures.nats_server",
 ]

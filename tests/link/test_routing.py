@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import msgspec
 import pytest
 
+from tests.fixtures.nats_server import NatsServer
 from tether.cloud.routing import (
     DISCONNECT,
     REMOVE,
@@ -350,3 +351,49 @@ def test_nats_unreachable_server_named() -> None:
 def test_bad_subject_tokens_refused() -> None:
     with pytest.raises(ValueError, match="subject prefix"):
         NatsRouter(NATS_URL, "a.b")
+
+
+@pytest.mark.nats
+def test_a_nats_restart_leaves_no_live_node_unreachable(own_nats: NatsServer) -> None:
+    """b is back on NATS before a (which holds n): b's lookups meanwhile find
+    nobody, yet once a is back b reaches n again, since b cached no absence
+    and a re-announces what it holds."""
+
+    async def main() -> None:
+        a = NatsRouter(own_nats.url, "restart", reconnect_wait=3.0)
+        b = NatsRouter(own_nats.url, "restart", reconnect_wait=0.2)
+        await a.start()
+        await b.start()
+        try:
+            await a.register("n", agent_handler("a"))
+            await asyncio.sleep(0.05)
+            first = await b.request("n", QueryRequest(id=1, path="/"), timeout=2)
+            assert answer(first)["by"] == "a"
+            # NATS down for 1 s (the loop keeps running: the clients try to reconnect).
+            await asyncio.to_thread(own_nats.stop)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(own_nats.start)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not b._client().is_connected:
+                assert loop.time() < deadline, "b did not reconnect"
+                await asyncio.sleep(0.05)
+            assert not a._client().is_connected  # a waits 3 s between attempts
+            with pytest.raises(NodeNotConnected):  # nobody holds n as far as NATS knows
+                await b.request("n", QueryRequest(id=2, path="/"), timeout=1)
+
+            async def reached() -> bool:
+                try:
+                    r = await b.request("n", QueryRequest(id=3, path="/"), timeout=1)
+                except RoutingError:
+                    return False
+                return answer(r)["by"] == "a"
+
+            while not await reached():
+                assert loop.time() < deadline, "n stayed unreachable after a was back"
+                await asyncio.sleep(0.1)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())

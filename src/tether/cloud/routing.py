@@ -15,8 +15,10 @@ calls `request()`. Two implementations behind one small interface:
     {prefix}.ctl.{process_id}              commands for a link this process holds
                                            (close a removed node, disconnect)
 
-  Each process caches node -> owning process from the ownership broadcasts
-  (None = known not connected); a node it has never heard of is located once.
+  Each process caches node -> owning process from the ownership broadcasts,
+  and locates a node it knows no owner for. Absence is never cached: a missed
+  broadcast (a NATS outage) must not make a live node unreachable. After a
+  reconnect each process forgets what it cached and re-announces its links.
   Messages are msgspec-encoded frames, as on the link itself.
 
 Both deliver to the links this process holds through `LocalHandlers`. Callers
@@ -254,14 +256,16 @@ class NatsRouter:
         subject_prefix: str = "tether",
         process_id: str | None = None,
         connect_timeout: float = 5.0,
+        reconnect_wait: float = 0.5,  # back within a second of NATS
     ) -> None:
         self.nats_url = nats_url
         self.connect_timeout = connect_timeout
+        self.reconnect_wait = reconnect_wait
         self.prefix = _check_token("subject prefix", subject_prefix)
         self.process_id = _check_token("process id", process_id or uuid.uuid4().hex)
         self.local = LocalHandlers()
-        # node id -> owning process id, or None when known not connected.
-        self._owners: dict[str, str | None] = {}
+        # node id -> owning process id, from broadcasts and locates (never "absent").
+        self._owners: dict[str, str] = {}
         self._control: ControlHandler = _no_control
         self._tasks: set[asyncio.Task[None]] = set()
         self._takeover: list[TakeoverCallback] = []
@@ -280,9 +284,12 @@ class NatsRouter:
 
         async def on_reconnected() -> None:
             # Ownership broadcasts may have been missed meanwhile: forget what
-            # others hold and locate nodes afresh.
+            # others hold, locate nodes afresh, and say again what this holds.
             self._owners.clear()
             log.info("NATS %s: reconnected", self.nats_url)
+            for node_id in self.local.node_ids():
+                self._owners[node_id] = self.process_id
+                await self._announce(node_id, held=True)
 
         try:
             # nats-py retries the first connect for ever once reconnects are
@@ -293,6 +300,7 @@ class NatsRouter:
                     name=f"tether-cloud-{self.process_id}",
                     connect_timeout=min(2.0, self.connect_timeout),
                     max_reconnect_attempts=-1,
+                    reconnect_time_wait=self.reconnect_wait,
                     error_cb=on_error,
                     disconnected_cb=on_disconnected,
                     reconnected_cb=on_reconnected,
@@ -353,7 +361,7 @@ class NatsRouter:
             return  # a newer link for this node already took over
         if self._owners.get(node_id) == self.process_id:
             # Unless another process announced it took the node over meanwhile.
-            self._owners[node_id] = None
+            del self._owners[node_id]
         await self._announce(node_id, held=False)
 
     def is_local(self, node_id: str) -> bool:
@@ -387,7 +395,7 @@ class NatsRouter:
         elif self._owners.get(own.node_id) == own.process_id:
             # Only the current owner's release counts: a late release from a
             # process the node already left must not hide its new link.
-            self._owners[own.node_id] = None
+            del self._owners[own.node_id]
 
     async def _on_locate(self, msg: Msg) -> None:
         node_id = msg.subject.rsplit(".", 1)[-1]
@@ -412,7 +420,7 @@ class NatsRouter:
             return await self.local.request(node_id, req, timeout)
         _check_token("node id", node_id)
         deadline = time.monotonic() + timeout
-        owner = self._owners[node_id] if node_id in self._owners else await self._locate(node_id)
+        owner = self._owners.get(node_id) or await self._locate(node_id)
         for attempt in range(2):
             if owner is None or owner == self.process_id:
                 raise NodeNotConnected(node_id)
@@ -439,7 +447,7 @@ class NatsRouter:
             if answer.code != _NOT_CONNECTED:
                 raise RoutingError(f"node {node_id}: {answer.code}: {answer.text}")
             # The process we thought held it does not (moved or gone): ask again once.
-            self._owners[node_id] = None
+            self._owners.pop(node_id, None)
             owner = await self._locate(node_id) if attempt == 0 else None
         raise NodeNotConnected(node_id)
 
