@@ -72,6 +72,7 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await links.start()
+        auth.share_invalidations(auth.auth_cache(app), router)
         yield
         await run_shutdown_hooks(app)
         db.dispose()

@@ -6,11 +6,13 @@ relay uses `require_user_with` and `auth_cache`. `sign_in` is the one sign-in,
 for the API login and the web UI's form, with its limits (`LoginLimits`).
 
 Every API call and every relayed query is authenticated, so who a credential
-belongs to is cached in memory for `CACHE_TTL_SECONDS` (keyed by the SHA-256
+belongs to is cached in memory for `--auth-cache-seconds` (keyed by the SHA-256
 of the token or session id; only valid credentials are cached). Commits in
 this process that revoke a token, end a session, or change a user, a Space's
-members or a node's Space clear the cache at once (see `_watch`); changes made
-by other Cloud processes sharing the database are seen within the TTL.
+members or a node's Space clear the cache at once (see `_after_commit`), and
+are announced through the router so that every other Cloud process clears its
+own (`share_invalidations`); only if that announcement is lost do the others
+wait for the TTL.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import threading
 import time
 import weakref
@@ -39,6 +42,7 @@ from tether.cloud.db import Database
 from tether.cloud.errors import ApiError
 from tether.cloud.limits import Clock, Window, address_key
 from tether.cloud.models import ApiToken, LoginSession, Node, Space, SpaceMember, User, utcnow
+from tether.cloud.routing import Router
 from tether.cloud.secrets import DUMMY_PASSWORD_HASH, aware, verify_password
 from tether.cloud.store import users as user_store
 
@@ -81,6 +85,8 @@ class AuthCache:
         self._visible: dict[tuple[str, str], float] = {}
         # Lookups in progress, shared by concurrent requests (event loop only).
         self.flights: dict[Hashable, asyncio.Future[Any]] = {}
+        # Called (from the committing thread) after a change committed here.
+        self.on_local_change: Callable[[], None] | None = None
         _caches.add(self)
 
     def principal(self, key: str) -> Principal | None:
@@ -178,6 +184,8 @@ def _after_commit(session: Session) -> None:
     if session.info.pop(_DIRTY, False):
         for cache in list(_caches):
             cache.invalidate()
+            if cache.on_local_change is not None:
+                cache.on_local_change()
 
 
 @event.listens_for(Session, "after_rollback")
@@ -189,8 +197,33 @@ def auth_cache(app: Starlette) -> AuthCache:
     """The app's cache, made on first use."""
     cache: AuthCache | None = getattr(app.state, "auth_cache", None)
     if cache is None:
-        cache = app.state.auth_cache = AuthCache()
+        settings = getattr(app.state, "settings", None)
+        ttl = settings.auth_cache_seconds if settings is not None else CACHE_TTL_SECONDS
+        cache = app.state.auth_cache = AuthCache(ttl)
     return cache
+
+
+def share_invalidations(cache: AuthCache, router: Router) -> None:
+    """Clear `cache` when another Cloud process announces an access change, and
+    announce this process's own. Call from the running event loop (at start)."""
+    loop = asyncio.get_running_loop()
+    sending: set[asyncio.Task[None]] = set()
+
+    def announce() -> None:
+        task = loop.create_task(router.announce_access_change())
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+
+    # Commits happen in worker threads: hand the announcement to the loop.
+    def changed_here() -> None:
+        loop.call_soon_threadsafe(announce)
+
+    cache.on_local_change = changed_here
+
+    async def heard() -> None:
+        cache.invalidate()
+
+    router.subscribe_access_change(heard)
 
 
 # --- lookups ---------------------------------------------------------------------
@@ -210,7 +243,7 @@ def _lookup(db: Database, bearer: str | None, sid: str | None) -> tuple[Principa
         if touch:
             with db.session(write_lock=True) as s:
                 user_store.touch_api_token(s, bearer)
-        return principal, CACHE_TTL_SECONDS
+        return principal, math.inf  # no expiry of its own: the cache's TTL bounds it
     if sid:
         with db.session() as s:
             session_found = user_store.session_for(s, sid)

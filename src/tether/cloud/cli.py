@@ -149,6 +149,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="claim audit rows kept in all, newest first (default 100000)",
     )
     p.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=5.0,
+        help="seconds a checked API token or session is trusted without the database; "
+        "revocations and role changes clear it at once on every process (default 5)",
+    )
+    p.add_argument(
         "--header-timeout",
         type=float,
         default=10.0,
@@ -188,6 +195,9 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
         nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
         relay_timeout_seconds=_positive(
             getattr(a, "relay_timeout", 10.0), "--relay-timeout", 0.1, 600
+        ),
+        auth_cache_seconds=_positive(
+            getattr(a, "auth_cache_seconds", 5.0), "--auth-cache-seconds", 0.1, 3600
         ),
         relay_inflate_budget_bytes=_count(
             getattr(a, "relay_inflate_budget_mib", 64), "--relay-inflate-budget-mib", 1, 65536

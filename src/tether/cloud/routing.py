@@ -14,6 +14,9 @@ calls `request()`. Two implementations behind one small interface:
     {prefix}.owner                         ownership claims/releases, broadcast
     {prefix}.ctl.{process_id}              commands for a link this process holds
                                            (close a removed node, disconnect)
+    {prefix}.access                        "who may do what changed" (a token
+                                           revoked, a role changed), broadcast so
+                                           every process drops its cached checks
 
   Each process caches node -> owning process from the ownership broadcasts,
   and locates a node it knows no owner for. Absence is never cached: a missed
@@ -98,6 +101,7 @@ class RelayTimeout(RoutingError):
 
 
 TakeoverCallback = Callable[[str], Awaitable[None]]
+AccessCallback = Callable[[], Awaitable[None]]
 
 
 class Router(Protocol):
@@ -133,6 +137,12 @@ class Router(Protocol):
     def subscribe_takeover(self, callback: TakeoverCallback) -> None:
         """Call `callback(node_id)` when another process announces it holds a
         node this process also holds a link for (never, with one process)."""
+
+    async def announce_access_change(self) -> None:
+        """Tell the other processes that credentials or roles changed here."""
+
+    def subscribe_access_change(self, callback: AccessCallback) -> None:
+        """Call `callback()` when another process announces such a change."""
 
 
 def make_router(nats_url: str | None, subject_prefix: str = "tether") -> Router:
@@ -220,6 +230,12 @@ class InMemoryRouter:
     def subscribe_takeover(self, callback: TakeoverCallback) -> None:
         return None  # no other process can take a node over
 
+    async def announce_access_change(self) -> None:
+        return None  # no other process to tell
+
+    def subscribe_access_change(self, callback: AccessCallback) -> None:
+        return None
+
     async def control(self, command: ControlCommand) -> bool:
         return await self._control(command)
 
@@ -269,6 +285,7 @@ class NatsRouter:
         self._control: ControlHandler = _no_control
         self._tasks: set[asyncio.Task[None]] = set()
         self._takeover: list[TakeoverCallback] = []
+        self._access: list[AccessCallback] = []
         self._nc: NatsClient | None = None
         self._closing = False
 
@@ -318,6 +335,7 @@ class NatsRouter:
         await nc.subscribe(f"{p}.locate.*", cb=self._on_locate)
         await nc.subscribe(f"{p}.owner", cb=self._on_owner)
         await nc.subscribe(f"{p}.ctl.{self.process_id}", cb=self._spawn(self._on_control))
+        await nc.subscribe(f"{p}.access", cb=self._on_access)
         await nc.flush()
 
     async def close(self) -> None:
@@ -507,3 +525,23 @@ class NatsRouter:
             done = False
         with contextlib.suppress(Exception):  # the sender may have given up
             await msg.respond(b"1" if done else b"0")
+
+    # -- access changes ------------------------------------------------------------
+
+    async def announce_access_change(self) -> None:
+        try:
+            await self._client().publish(f"{self.prefix}.access", self.process_id.encode())
+        except Exception as exc:  # the others fall back on their cache TTL
+            log.warning("could not announce an access change on NATS: %s", exc)
+
+    def subscribe_access_change(self, callback: AccessCallback) -> None:
+        self._access.append(callback)
+
+    async def _on_access(self, msg: Msg) -> None:
+        if msg.data == self.process_id.encode():
+            return  # this process cleared its own cache at commit
+        for callback in self._access:
+            try:
+                await callback()
+            except Exception:
+                log.exception("access-change callback failed")

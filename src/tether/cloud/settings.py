@@ -32,6 +32,10 @@ class CloudSettings:
     nats_subject_prefix: str = "tether"
     # How long a relayed query may take before the browser gets 504.
     relay_timeout_seconds: float = 10.0
+    # How long a checked credential (and "user U may see node N") is trusted
+    # without the database (tether.cloud.auth.AuthCache); changes clear it at
+    # once on every process.
+    auth_cache_seconds: float = 5.0
     # Relayed answers that travel zlib-compressed: the inflated bytes of all
     # answers in flight in this process (past it, 503 ErrRelayBusy) and the
     # most one answer may inflate to (past it, 502 ErrAnswerTooLarge).
