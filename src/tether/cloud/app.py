@@ -14,7 +14,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 import tether
-from tether.cloud import api, auth, claim, limits, link, node_auth, openapi, outage, relay, web
+from tether.cloud import (
+    api,
+    auth,
+    claim,
+    limits,
+    link,
+    node_auth,
+    openapi,
+    outage,
+    readiness,
+    relay,
+    web,
+)
 from tether.cloud.db import Database, migrate
 from tether.cloud.errors import (
     ApiError,
@@ -73,12 +85,14 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await links.start()
         auth.share_invalidations(auth.auth_cache(app), router)
+        app.state.started = True  # /api/ready says yes from now on
         yield
         await run_shutdown_hooks(app)
         db.dispose()
 
     routes: list[BaseRoute] = [
         Route("/api/health", health, methods=["GET"]),
+        Route("/api/ready", readiness.ready, methods=["GET"]),
         Route("/api/openapi.json", openapi.openapi_json, methods=["GET"]),
         *auth.routes(),
         *claim.routes(),

@@ -116,6 +116,9 @@ class Router(Protocol):
 
     async def close(self) -> None: ...
 
+    def connected(self) -> bool:
+        """Whether other processes can be reached now (always, with one)."""
+
     async def register(self, node_id: str, handler: Handler) -> None:
         """This process now holds node_id's link; replaces any earlier handler."""
 
@@ -214,6 +217,9 @@ class InMemoryRouter:
 
     async def close(self) -> None:
         self.local.clear()
+
+    def connected(self) -> bool:
+        return True
 
     async def register(self, node_id: str, handler: Handler) -> None:
         self.local.register(node_id, handler)
@@ -348,6 +354,9 @@ class NatsRouter:
             task.cancel()
         await nc.drain()
         self.local.clear()
+
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
 
     def _client(self) -> NatsClient:
         if self._nc is None:
