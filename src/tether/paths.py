@@ -80,6 +80,18 @@ class AgentPaths:
         return self.cloud_dir / "cloud_fullchain.pem"
 
     @property
+    def proxy_ca_file(self) -> Path:
+        return self.cloud_dir / "proxy_ca.pem"
+
+    @property
+    def claim_conf_file(self) -> Path:
+        return self.config_dir / "claim.conf"
+
+    @property
+    def claim_key_file(self) -> Path:
+        return self.lib_dir / "tether_random_session_id"
+
+    @property
     def log_dir(self) -> Path:
         return self.prefix / "var" / "log" / "tether"
 

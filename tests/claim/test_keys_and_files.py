@@ -44,13 +44,16 @@ def test_write_claimed_files_and_token_removed(tmp_path: Path) -> None:
     paths = AgentPaths(tmp_path)
     paths.cloud_dir.mkdir(parents=True)
     paths.token_file.write_text("tct_secret\n")
-    cloud_d.write_claimed(paths, "node-1", "https://cloud.example:8443", ["r1", "r2"])
+    paths.rooms_file.write_text("r1,r2\n")
+    cloud_d.write_claimed(paths, "node-1", "https://cloud.example:8443")
     assert paths.claimed_id_file.read_text().strip() == "node-1"
     assert cloud_d.read_cloud_conf(paths) == {
         "enabled": "yes",
         "cloud base url": "https://cloud.example:8443",
     }
-    assert cloud_d.read_rooms(paths) == ["r1", "r2"]
+    # The pending claim (token and its rooms) is gone: a later claim with
+    # another Space's token never carries these rooms.
+    assert cloud_d.read_rooms(paths) == []
     assert not paths.token_file.exists()
     assert not [p for p in paths.cloud_dir.iterdir() if p.name.startswith(".")]
 
@@ -62,3 +65,22 @@ def test_token_and_rooms_files_are_read(tmp_path: Path) -> None:
     paths.rooms_file.write_text("a,b\nc\n")
     assert cloud_d.read_token(paths) == "tok"
     assert cloud_d.read_rooms(paths) == ["a", "b", "c"]
+
+
+def test_kept_settings_in_cloud_conf_and_mode(tmp_path: Path) -> None:
+    paths = AgentPaths(tmp_path)
+    paths.cloud_dir.mkdir(parents=True)
+    kept = cloud_d.KeptSettings(
+        proxy="http://u:p%40ss@proxy:3128", proxy_source="-proxy", insecure=True, secret=True
+    )
+    cloud_d.write_claimed(paths, "node-1", "https://cloud.example", kept)
+    state = cloud_d.load_claim_state(paths)
+    assert state.proxy == "http://u:p%40ss@proxy:3128"
+    assert state.proxy_source == "-proxy"
+    assert state.insecure is True
+    # A proxy password in cloud.conf: only the agent's user may read it.
+    assert paths.cloud_conf_file.stat().st_mode & 0o777 == 0o600
+    cloud_d.write_claimed(paths, "node-1", "https://cloud.example")
+    state = cloud_d.load_claim_state(paths)
+    assert (state.proxy, state.insecure) == (None, False)
+    assert paths.cloud_conf_file.stat().st_mode & 0o777 == 0o640

@@ -50,7 +50,6 @@ def test_raw_at_sign_in_password_splits_at_last_at() -> None:
 @pytest.mark.parametrize(
     "setting",
     [
-        "https://p:3128",
         "ftp://p:21",
         "socks4://p:1080",
         "proxy.example.com:3128",
@@ -65,6 +64,14 @@ def test_invalid_settings_name_setting_and_forms(setting: str) -> None:
     msg = str(info.value)
     assert "-proxy" in msg
     assert "socks5h://" in msg or "port" in msg
+
+
+def test_https_proxy_is_accepted_with_default_port_443() -> None:
+    # TLS to the proxy, then CONNECT (issue 12): tests/link/test_claim_proxy_kept.py
+    # runs it for real through stunnel4 in front of tinyproxy.
+    choice = resolve_proxy("https://u:p%40ss@proxy.example", CLOUD, env={}, source="-proxy")
+    assert (choice.kind, choice.port, choice.password) == ("https", 443, "p@ss")
+    assert choice.display() == "https://u:***@proxy.example:443 (from -proxy)"
 
 
 def test_invalid_setting_never_echoes_password() -> None:

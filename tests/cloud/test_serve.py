@@ -93,7 +93,8 @@ def test_no_serve_prepares_only_and_cli(tmp_path) -> None:  # type: ignore[no-un
     info = json.loads(r.stdout)
     for k in ("url", "ca_file", "ca_sha256", "space_id", "room_ids", "claim_token", "api_token"):
         assert info[k], k
-    assert "tether-claim -token=" in r.stderr and "cloud_fullchain.pem" in r.stderr
+    assert "tether-claim -token=" in r.stderr
+    assert f"-ca-fingerprint=sha256:{info['ca_sha256']}" in r.stderr
     dd = ["--data-dir", str(data)]
     show = subprocess.run(
         [*base, "token", "show", "--space", info["space_id"], *dd],

@@ -198,6 +198,9 @@ def test_admin_can_ask_a_node_to_come_back_later(start_cloud: Callable[..., Clou
     asyncio.run(scenario())
     node = poll(lambda: (n := peer.node())["state"] == "offline" and n, 5, "offline")
     assert "disconnected: requested by" in node["state_cause"]
+    # A planned absence: the close records when the node is due back.
+    offline = next(e for e in node["events"] if e["state"] == "offline")
+    assert offline["detail"]["expected_back_seconds"] == 42
     r = cloud.api("POST", path)  # no live link now
     assert r.status_code == 409 and r.json()["errorMsgKey"] == "ErrNodeNotLinked"
     assert cloud.api("POST", path, token="").status_code == 401
@@ -239,7 +242,7 @@ def test_graceful_stop_under_reconnect_churn_is_clean(start_cloud: Callable[...,
     log = cloud.log_file.read_text()
     for bad in ("InvalidState", "Traceback", "Exception in ASGI application"):
         assert bad not in log, log[-3000:]
-    assert took < 8, took
+    assert took < 20, took  # inside uvicorn's shutdown-hook limit, or writes are lost
     again = cloud_restarted(start_cloud, cloud)
     r = again.api("GET", f"/api/v1/spaces/{again.space_id}/nodes")
     states = {n["state"] for n in r.json() if n["id"] in {p.node_id for p in peers}}

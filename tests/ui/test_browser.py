@@ -12,6 +12,7 @@ import pytest
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import clean_env, command
+from tests.fixtures.containers import linux_command
 from tests.fixtures.ui import make_member, sign_in, trust_cloud
 
 pytestmark = pytest.mark.browser
@@ -53,9 +54,15 @@ def connect_from_ui(tab: Any, cloud: Cloud, room_name: str) -> tuple[str, str]:
     room_id = room_url.rsplit("/", 1)[1]
     assert page.locator(f"input[name=room][value='{room_id}']").is_checked()
     assert page.locator("#ca-fingerprint").inner_text() == cloud.ca_sha256
-    linux = page.locator("#step-2").inner_text()
-    assert linux.startswith("bash <(curl -Ss --cacert tether-ca.pem ")
+    linux = page.locator("#step-1").inner_text()
+    # Exactly the command the container tests paste into a fresh Debian node
+    # (tests/packaging/test_container_kickstart.py, through linux_command).
+    assert linux == linux_command(cloud.url, cloud.claim_token, [room_id], cloud.ca_sha256)
+    assert linux.startswith(f"curl -fsS -k -o /tmp/tether-ca.pem {cloud.url}/ca.pem && ")
+    assert f"--claim-ca-fingerprint {cloud.ca_sha256}" in linux
     assert f"--claim-rooms {room_id}" in linux and f"--claim-url {cloud.url}" in linux
+    # This Cloud is on 127.0.0.1: the page says the command works on this machine only.
+    assert "only works on this machine" in page.locator("#address-warning-1").inner_text()
     tab.shot("connect-linux")
     # Switching the environment redraws the command (the form submits itself).
     page.check("input[name=env][value=docker-run]")
@@ -65,7 +72,10 @@ def connect_from_ui(tab: Any, cloud: Cloud, room_name: str) -> tuple[str, str]:
     page.check("input[name=env][value=linux]")
     page.wait_for_selector("#instructions[data-environment=linux]")
     shown = page.locator("#claim-direct").inner_text()
-    assert shown == (f"tether-claim -token={cloud.claim_token} -rooms={room_id} -url={cloud.url}")
+    assert shown == (
+        f"tether-claim -token={cloud.claim_token} -rooms={room_id} -url={cloud.url} "
+        f"-ca-fingerprint=sha256:{cloud.ca_sha256}"
+    )
     return room_url, shown
 
 

@@ -12,8 +12,10 @@ One `AclkClient` per agent. `run()` loops for the agent's lifetime:
    key mismatch) stop the loop until the claiming state is reloaded, and say
    which command fixes them.
 
-TLS is verified (system CAs plus `cloud.d/cloud_fullchain.pem`). The proxy
-comes from `[cloud] proxy` through the same parser the claim uses. Every log
+TLS is verified (system CAs plus `cloud.d/cloud_fullchain.pem`; only that
+file when the claim pinned the CA). The proxy, `insecure` and the pin are what
+the claim used (kept in `cloud.d/cloud.conf`), else `[cloud] proxy`, through
+the same parser the claim uses; see `AclkClient.effective_proxy`. Every log
 line starts with `ACLK`; the link token is never logged.
 """
 
@@ -25,6 +27,7 @@ import inspect
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,9 +43,10 @@ from websockets.exceptions import (
     ProxyError,
 )
 
+from tether.agent import host
 from tether.net.diagnose import describe_connect_error
 from tether.net.proxy import ProxyChoice, ProxyConfigError, mask_url, resolve_proxy
-from tether.net.tls import TLSConfigError, client_ssl_context
+from tether.net.tls import TLSConfigError, client_ssl_context, proxy_ssl_context
 from tether.node.cloud_d import ClaimState, load_claim_state
 from tether.paths import AgentPaths
 from tether.protocol import auth
@@ -124,7 +128,8 @@ def _describe(exc: BaseException, url: str, proxy: ProxyChoice | None) -> str:
         if status == 407:
             return (
                 f"the HTTP proxy {via} requires authentication (407): fix the user:pass@ "
-                "part of [cloud] proxy"
+                "part of the proxy setting it came from (claim again with -proxy=, or "
+                "[cloud] proxy)"
             )
         return f"the HTTP proxy {via} refused to connect to {url} (HTTP {status})"
     if isinstance(exc, ProxyError):
@@ -162,11 +167,13 @@ class AclkClient:
         insecure: bool = False,
         env: Mapping[str, str] | None = None,
         proxy_origin: str = "[cloud] proxy",
+        proxy_set_at_run_time: bool = False,
     ) -> None:
         self.paths = paths
         self.claim = claim
         self.proxy_setting = proxy_setting
         self.proxy_origin = proxy_origin
+        self.proxy_set_at_run_time = proxy_set_at_run_time
         self.hello_provider = hello_provider
         self.query_handler = query_handler
         self.insecure = insecure
@@ -203,6 +210,10 @@ class AclkClient:
         def iso(t: float | None) -> str | None:
             return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
+        proxy = self.proxy
+        if proxy is None and self.claim.cloud_base_url:
+            with contextlib.suppress(ProxyConfigError):
+                proxy = self.effective_proxy()
         return {
             "connected": self.is_connected,
             "state": self._state_text(),
@@ -212,22 +223,35 @@ class AclkClient:
             "fix": self.fix,
             "next_retry_at": iso(self.next_retry_at),
             "link_url": self.link_url,
-            "proxy": self.proxy.display() if self.proxy else None,
-            "proxy_source": self.proxy.source if self.proxy else None,
+            "proxy": proxy.display() if proxy else None,
+            "proxy_source": proxy.source if proxy else None,
+            "insecure": self._insecure(),
+            "ca_fingerprint": self.claim.ca_fingerprint,
             "terminal": self.terminal,
             "session_id": self.session_id,
             "attempts": self.attempts,
             "queries_answered": self.queries_answered,
         }
 
+    def effective_proxy(self) -> ProxyChoice:
+        """The link's proxy. Precedence: a value this process set at start (the
+        TETHER_CLAIM_PROXY of claim on start) > the proxy the claim used (kept
+        in cloud.d/cloud.conf) > `[cloud] proxy` in tether.conf."""
+        base = (self.claim.cloud_base_url or "").rstrip("/")
+        if self.claim.proxy is not None and not self.proxy_set_at_run_time:
+            where = self.claim.proxy_source or "the claim"
+            source = f"{where} at claim time, kept in {self.paths.cloud_conf_file}"
+            return resolve_proxy(self.claim.proxy, base, self.env, source=source)
+        return resolve_proxy(self.proxy_setting, base, self.env, source=self.proxy_origin)
+
+    def _insecure(self) -> bool:
+        return self.insecure or self.claim.insecure
+
     def reload_claiming_state(self, claim: ClaimState) -> None:
         """The claim changed (tether-claim, reload-claiming-state): start afresh."""
-        changed = (claim.claimed_id, claim.cloud_base_url, claim.enabled) != (
-            self.claim.claimed_id,
-            self.claim.cloud_base_url,
-            self.claim.enabled,
-        )
+        changed = claim != self.claim
         self.claim = claim
+        self.proxy = None
         if changed or self.terminal:
             self.terminal = False
             self.fix = None
@@ -280,11 +304,16 @@ class AclkClient:
                 continue
             if announce:
                 announce = False
+                try:
+                    shown = self.effective_proxy().display()
+                except ProxyConfigError:
+                    shown = f"unusable proxy setting {_masked(self.proxy_setting)!r}"
                 log.info(
-                    "ACLK starting the link: node %s, Cloud %s, proxy setting %r",
+                    "ACLK starting the link: node %s, Cloud %s, proxy %s%s",
                     self.claim.claimed_id,
                     self.claim.cloud_base_url,
-                    _masked(self.proxy_setting),
+                    shown,
+                    ", TLS verification OFF (insecure)" if self._insecure() else "",
                 )
             hint: float | None = None
             started = time.monotonic()
@@ -394,19 +423,20 @@ class AclkClient:
         assert claimed_id is not None
         self.attempts += 1
         try:
-            proxy = resolve_proxy(self.proxy_setting, base, self.env, source=self.proxy_origin)
+            proxy = self.effective_proxy()
         except ProxyConfigError as exc:
             raise LinkFault(
-                str(exc), terminal=True, fix="fix [cloud] proxy in tether.conf, then restart"
+                str(exc), terminal=True, fix="fix the proxy setting it names, then restart"
             ) from None
         self.proxy = proxy
         try:
-            ctx = client_ssl_context(self.paths, self.insecure)
+            ctx = client_ssl_context(self.paths, self._insecure(), self.claim.ca_fingerprint)
+            proxy_ssl = proxy_ssl_context(self.paths) if proxy.kind == "https" else None
         except TLSConfigError as exc:
-            fix = f"fix or remove {self.paths.cloud_fullchain_file}"
+            fix = "fix or remove the file it names, then tether-cli reload-claiming-state"
             raise LinkFault(str(exc), terminal=True, fix=fix) from None
 
-        reply = await self._authenticate(base, claimed_id, ctx, proxy)
+        reply = await self._authenticate(base, claimed_id, ctx, proxy, proxy_ssl)
         self._check_link_url(base, reply.link_url)
         self.link_url = reply.link_url
         self.backoff.base_seconds = max(0.1, reply.backoff.base_seconds)
@@ -419,7 +449,7 @@ class AclkClient:
                 reply.link_url,
                 ssl=ctx if secure else None,
                 # Explicit: websockets would otherwise read proxies from the environment.
-                proxy=proxy.url,
+                **proxy.for_websockets(proxy_ssl),
                 compression=None,
                 additional_headers={"Authorization": f"Bearer {reply.link_token}"},
                 ping_interval=keepalive,
@@ -462,7 +492,12 @@ class AclkClient:
                 await ws.close()
 
     async def _authenticate(
-        self, base: str, claimed_id: str, ctx: Any, proxy: ProxyChoice
+        self,
+        base: str,
+        claimed_id: str,
+        ctx: Any,
+        proxy: ProxyChoice,
+        proxy_ssl: ssl.SSLContext | None = None,
     ) -> auth.PasswordReply:
         try:
             private_pem = self.paths.private_key_file.read_bytes()
@@ -474,7 +509,7 @@ class AclkClient:
                 fix=auth.REMOVED_FIX,
             ) from None
         async with httpx.AsyncClient(
-            verify=ctx, proxy=proxy.url, trust_env=False, timeout=HTTP_TIMEOUT
+            verify=ctx, proxy=proxy.for_httpx(proxy_ssl), trust_env=False, timeout=HTTP_TIMEOUT
         ) as http:
             try:
                 r = await http.get(base + auth.challenge_path(claimed_id))
@@ -660,8 +695,8 @@ def hello_from_agent(agent: Agent) -> Hello:
         os=f"{info.get('os_name', '')} {info.get('os_version', '')}".strip(),
         machine_guid=agent.machine_guid,
         # Host fingerprints: let the Cloud tell a cloned machine from a restart.
-        machine_id=_read_id("/etc/machine-id"),
-        boot_id=_read_id("/proc/sys/kernel/random/boot_id"),
+        machine_id=_read_id(host.path("/etc/machine-id")),
+        boot_id=_read_id(host.path("/proc/sys/kernel/random/boot_id")),
         charts=ChartsSummary(
             charts=int(charts.get("charts_count", 0)),
             dimensions=int(charts.get("dimensions_count", 0)),
@@ -705,6 +740,7 @@ def attach_to_agent(agent: Agent, insecure: bool = False) -> AclkClient:
         query_handler=lambda path, query: local_query(agent, path, query),
         insecure=insecure,
         proxy_origin=agent.config.origin("cloud", "proxy"),
+        proxy_set_at_run_time=agent.config.set_at_run_time("cloud", "proxy"),
     )
     agent.attach_link(client)
 

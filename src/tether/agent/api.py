@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether import __version__
 from tether.agent.access import AccessList
+from tether.agent.claim_key import ClaimKey
+from tether.agent.dashboard_claim import claim_endpoint
 from tether.agent.runtime import Agent
 from tether.agent.storage import Chart, QueryError, query
 
@@ -79,6 +81,9 @@ def info(agent: Agent, params: Params) -> Result:
             # Why the link is down and what fixes it (None while connected).
             "aclk-error": None if link.get("connected") else link.get("last_error"),
             "aclk-fix": None if link.get("connected") else link.get("fix"),
+            # The link's effective proxy (password masked) and where it came from.
+            "cloud-proxy": link.get("proxy"),
+            "cloud-proxy-source": link.get("proxy_source"),
             "claim-id": agent.claim.claimed_id,
             "claimed_id": agent.claim.claimed_id,
             "cloud": {"base_url": agent.claim.cloud_base_url, "link": link},
@@ -356,7 +361,21 @@ class AccessMiddleware:
         await self.app(scope, receive, send)
 
 
-def create_app(agent: Agent, access: AccessList, lifespan: Any = None) -> ASGIApp:
+def _claim_routes(agent: Agent, key: ClaimKey | None) -> list[Route]:
+    """`/api/v3/claim` over HTTP only: the link's relay never reaches it."""
+    if key is None:
+        return []
+    guarded = key
+
+    async def claim(request: Request) -> Response:
+        return await claim_endpoint(request, agent, guarded)
+
+    return [Route("/api/v3/claim", claim, methods=["GET", "POST"])]
+
+
+def create_app(
+    agent: Agent, access: AccessList, lifespan: Any = None, claim_key: ClaimKey | None = None
+) -> ASGIApp:
     async def endpoint(request: Request) -> Response:
         status, ctype, body = local_query(agent, request.url.path, request.url.query)
         return Response(
@@ -372,6 +391,7 @@ def create_app(agent: Agent, access: AccessList, lifespan: Any = None) -> ASGIAp
     routes = (
         [Route("/", index)]
         + [Route(p, endpoint) for p in ENDPOINTS]
+        + _claim_routes(agent, claim_key)
         + [
             Mount("/static", StaticFiles(directory=str(static_dir)), name="static"),
         ]

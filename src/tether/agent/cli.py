@@ -21,6 +21,7 @@ COMMANDS = {
     "read-config": "print the effective configuration",
     "write-config": "write the effective configuration to tether.conf",
     "shutdown-agent": "stop the agent gracefully",
+    "doctor": "check every hop to the Cloud, here, without the agent (--json, --url=URL)",
 }
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prefix", help="install prefix (default: $TETHER_PREFIX or /)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    p.add_argument("--json", action="store_true", help="doctor: one JSON object")
+    p.add_argument("--url", help="doctor: the Cloud URL for an unclaimed node without claim.conf")
     p.add_argument("command", help="one of the commands below")
     p.add_argument("args", nargs="*", help="command arguments (e.g. json)")
     return p
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tether-cli: unknown command {ns.command!r}", file=sys.stderr)
         return 1
     paths = AgentPaths.from_prefix(ns.prefix)
+    if ns.command == "doctor":
+        return doctor(paths, ns.url, ns.json)
     line = " ".join([ns.command, *ns.args])
     try:
         reply = send_command(paths.control_socket, line, timeout=ns.timeout)
@@ -64,6 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(reply.message)
     return 0 if reply.ok else 1
+
+
+def doctor(paths: AgentPaths, url: str | None, as_json: bool) -> int:
+    """Runs in this process with the node's files (the link's settings): 0 when
+    every hop checked passed, 1 when one failed, 2 when the settings are unusable."""
+    # tether-cli is an entry point: like agent/main.py it may use tether.claim.
+    from tether.claim.doctor import DoctorSetupError, node_settings, run_doctor
+    from tether.node.config import ConfigError, load_config
+
+    try:
+        report = run_doctor(node_settings(paths, url), paths, load_config(paths.config_file))
+    except (DoctorSetupError, ConfigError, ValueError) as exc:
+        print(f"tether-cli doctor: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_json()) if as_json else report.text())
+    return 0 if report.failed is None else 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def handle_command(agent: Agent, line: str) -> ControlReply:
     if cmd == "ping":
         return ControlReply(True, "pong")
     if cmd == "reload-claiming-state":
+        # (An unclaimed agent first claimed from claim.conf: ControlServer._client.)
         state = agent.reload_claiming_state()
         data = {
             "enabled": state.enabled,
@@ -112,6 +113,12 @@ class ControlServer:
         try:
             raw = await asyncio.wait_for(reader.readline(), timeout=10)
             line = raw.decode(errors="replace").strip()
+            if line.split()[:1] == ["reload-claiming-state"] and not self.agent.claim.claimed_id:
+                # Unclaimed: claim.conf (or the environment) may ask for a claim
+                # now. Blocking I/O, so off the event loop; a failure is logged.
+                auto = self.agent.auto_claim
+                if auto is not None:
+                    await asyncio.to_thread(auto)
             try:
                 reply = handle_command(self.agent, line)
             except Exception as exc:

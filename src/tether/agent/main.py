@@ -19,8 +19,10 @@ from typing import Any
 import uvicorn
 
 from tether import __version__
+from tether.agent import host
 from tether.agent.access import AccessList
 from tether.agent.api import create_app
+from tether.agent.claim_key import ClaimKey
 from tether.agent.control_server import ControlServer
 from tether.agent.logs import AgentLog
 from tether.agent.runtime import Agent
@@ -65,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-P", dest="pidfile", help="write the process id to this file")
     p.add_argument("-p", "--port", type=int, help="override [web] default port")
     p.add_argument(
-        "-W", dest="subcommand", help='run a sub-command and exit, e.g. -W "claim -token=T"'
+        "-W",
+        dest="subcommand",
+        help='run a sub-command and exit, e.g. -W "claim -token=T"; with -D, "claim ..." '
+        "claims and then runs the agent",
     )
     p.add_argument("-v", "--version", action="version", version=f"tether-agent {__version__}")
     return p
@@ -105,6 +110,35 @@ def run_claim_on_start(paths: AgentPaths, config: AgentConfig) -> None:
             exc.__class__.__name__,
             exc,
         )
+
+
+def _auto_claim(paths: AgentPaths, config: AgentConfig) -> bool:
+    """`tether-cli reload-claiming-state` on an unclaimed agent: claim from the
+    environment or claim.conf, as at start."""
+    try:
+        from tether.claim.on_start import claim_on_start
+
+        return claim_on_start(paths, config)
+    except Exception as exc:
+        log.error("claiming from claim.conf failed unexpectedly (%s: %s)", type(exc).__name__, exc)
+        return False
+
+
+def _dashboard_claim(
+    paths: AgentPaths, config: AgentConfig, token: str, rooms: list[str], url: str
+) -> tuple[bool, int, str]:
+    """The dashboard's "Connect to Cloud" (the key was already checked)."""
+    from tether.claim.flow import ClaimOptions, claim
+
+    result = claim(
+        ClaimOptions(token=token, rooms=rooms, url=url, noreload=True), paths, config=config
+    )
+    log.info(
+        "claim from the dashboard: %s (exit code %d)",
+        result.message.rstrip("."),
+        int(result.exit_code),
+    )
+    return result.claimed, int(result.exit_code), result.message
 
 
 def start_link(agent: Agent) -> asyncio.Task[None] | None:
@@ -148,7 +182,10 @@ async def serve(agent: Agent, config: AgentConfig, port: int, run_as: str) -> in
     try:
         # Build the web app before dropping root: later imports may need files
         # only root can read (e.g. a Python installed under /root).
-        app = create_app(agent, AccessList(config.get("web", "allow connections from")))
+        claim_key = ClaimKey(agent.paths.claim_key_file)
+        app = create_app(
+            agent, AccessList(config.get("web", "allow connections from")), claim_key=claim_key
+        )
         uv_config = uvicorn.Config(
             app,
             loop="none",
@@ -165,6 +202,8 @@ async def serve(agent: Agent, config: AgentConfig, port: int, run_as: str) -> in
                 chown_tree(d, user.pw_uid, user.pw_gid)
             control.chown(user.pw_uid, user.pw_gid)
             drop_privileges(user)
+        # After dropping root: the key file belongs to the agent's user, 0600.
+        claim_key.regenerate()
 
         server = _Server(uv_config)
 
@@ -215,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     paths = AgentPaths.from_prefix(ns.prefix)
     if ns.subcommand is not None:
-        return run_subcommand(ns.subcommand, paths)
+        words = shlex.split(ns.subcommand)
+        if not (ns.foreground and words[:1] == ["claim"]):
+            return run_subcommand(ns.subcommand, paths)
+        # `-D -W "claim ..."` (as the reference's `netdata -D -W "claim ..."`):
+        # claim, then run the agent, which starts its link from the new claim.
+        code = run_subcommand(shlex.join([*words, "-noreload"]), paths)
+        if code != 0:
+            return code
     config_path = Path(ns.config) if ns.config else paths.config_file
     try:
         config = load_config(config_path)
@@ -242,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_GUID
     warn_if_volatile(paths.lib_dir)
+    host.configure(os.environ)  # TETHER_HOST_ROOT: report the host, not the container
     run_claim_on_start(paths, config)
     if ns.pidfile:
         Path(ns.pidfile).write_text(f"{os.getpid()}\n")
@@ -256,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
     async def _main() -> int:
         agent = Agent(paths, config, guid)
+        agent.auto_claim = lambda: _auto_claim(paths, config)
+        agent.dashboard_claim = lambda token, rooms, url: _dashboard_claim(
+            paths, config, token, rooms, url
+        )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, agent_log.reopen)
         return await serve(agent, config, port, config.get("global", "run as user"))

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import os
 import platform
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from tether import __version__
+from tether.agent import host
 from tether.agent.collectors import Collector, default_collectors
 from tether.agent.health import Health
 from tether.agent.storage import Store
@@ -33,19 +33,11 @@ class LinkLike(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def _os_release() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for candidate in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            with open(candidate) as f:
-                for line in f:
-                    k, _, v = line.strip().partition("=")
-                    if k:
-                        out[k] = v.strip('"')
-            break
-        except OSError:
-            continue
-    return out
+# Set by the entry point (agent/main.py), which alone imports tether.claim:
+# claim from the environment / claim.conf (True when claimed), and a claim
+# with (token, rooms, url) from the dashboard, answering (claimed, exit code, message).
+AutoClaim = Callable[[], bool]
+DashboardClaim = Callable[[str, list[str], str], tuple[bool, int, str]]
 
 
 class Agent:
@@ -66,13 +58,15 @@ class Agent:
         self.health = Health(self.store, config)
         self.claim: ClaimState = load_claim_state(paths)
         self.link: LinkLike | None = None
+        self.auto_claim: AutoClaim | None = None
+        self.dashboard_claim: DashboardClaim | None = None
         self.shutdown_hooks: list[Callable[[str], Awaitable[None]]] = []
         self.stop_event = asyncio.Event()
         self.stop_reason = ""
         self.last_cycle_ms = 0.0
         self.cycles = 0
-        self.hostname = config.get("global", "hostname") or socket.gethostname()
-        osr = _os_release()
+        self.hostname = config.get("global", "hostname") or host.hostname()
+        osr = host.os_release()  # the host's, under TETHER_HOST_ROOT
         uname = platform.uname()
         self.os_info = {
             "os_name": osr.get("NAME", uname.system),

@@ -27,10 +27,17 @@ Claim this node into a Space of a Tether Cloud.
   -id=UUID            node id (default: the machine GUID); -id=$(uuidgen) makes a new identity
   -hostname=NAME      the name shown in the Cloud (default: this host's name)
   -proxy=PROXY        none | env | socks5://[user:pass@]host:port |
-                      socks5h://[user:pass@]host:port | http://[user:pass@]host:port
-                      (default: [cloud] proxy in tether.conf)
+                      socks5h://[user:pass@]host:port | http://[user:pass@]host:port |
+                      https://[user:pass@]host:port (default: [cloud] proxy in
+                      tether.conf); kept in cloud.d/cloud.conf for the link
+  -proxy-ca=FILE      the https proxy's CA (PEM), kept as cloud.d/proxy_ca.pem
   -noproxy            connect directly, ignoring any proxy setting
+  -ca-fingerprint=sha256:HEX
+                      trust only the Cloud CA with this SHA-256; fetched from the
+                      Cloud and saved to cloud.d/cloud_fullchain.pem on first use
   -insecure           do not verify the Cloud's TLS certificate (dangerous)
+  -doctor             check every hop to the Cloud (DNS, TCP, proxy, TLS, HTTP)
+                      with these settings instead of claiming
   -noreload           do not tell the running agent to reload its claiming state
   -verbose            show each step
   -user=USER          the agent's user (default: [global] run as user in tether.conf)
@@ -44,8 +51,19 @@ Exit codes: 0 claimed, 1 bad argument, 2 claiming directory, 3 Cloud disabled,
 18 machine GUID.
 """
 
-VALUE_FLAGS = {"token", "rooms", "url", "id", "hostname", "proxy", "user", "prefix"}
-BOOL_FLAGS = {"noproxy", "insecure", "noreload", "verbose", "json", "help", "h"}
+VALUE_FLAGS = {
+    "token",
+    "rooms",
+    "url",
+    "id",
+    "hostname",
+    "proxy",
+    "user",
+    "prefix",
+    "proxy-ca",
+    "ca-fingerprint",
+}
+BOOL_FLAGS = {"noproxy", "insecure", "noreload", "verbose", "json", "help", "h", "doctor"}
 
 
 class UsageError(Exception):
@@ -58,6 +76,7 @@ class Parsed:
     prefix: str | None = None
     json: bool = False
     help: bool = False
+    doctor: bool = False
 
 
 def parse_args(argv: list[str]) -> Parsed:
@@ -77,6 +96,8 @@ def parse_args(argv: list[str]) -> Parsed:
                 parsed.help = True
             elif name == "json":
                 parsed.json = True
+            elif name == "doctor":
+                parsed.doctor = True
             else:
                 setattr(opts, name, True)
             continue
@@ -93,6 +114,8 @@ def parse_args(argv: list[str]) -> Parsed:
             opts.node_id = value
         elif name == "prefix":
             parsed.prefix = value
+        elif name in ("proxy-ca", "ca-fingerprint"):
+            setattr(opts, name.replace("-", "_"), value)
         else:
             setattr(opts, name, value)
     return parsed
@@ -123,6 +146,8 @@ def run(
         if parsed.options.verbose and not parsed.json:
             print(f"tether-claim: {msg}", file=err)
 
+    if parsed.doctor:
+        return run_claim_doctor(parsed, paths, out, err)
     if parsed.options.insecure:
         # Loud, and before anything goes on the wire.
         from tether.net.tls import INSECURE_WARNING
@@ -143,6 +168,37 @@ def run(
     else:
         print(f"tether-claim: ERROR: {result.message}", file=err)
     return int(result.exit_code)
+
+
+def run_claim_doctor(parsed: Parsed, paths: AgentPaths, out: TextIO, err: TextIO) -> int:
+    """`-doctor`: every hop with the settings this claim would use; exit 0 when
+    all passed, 4 (cannot connect) when one failed, 1 when the settings are bad."""
+    from tether.claim.doctor import DoctorSetupError, node_settings, run_doctor
+    from tether.net.tls import parse_fingerprint
+    from tether.node.config import ConfigError, load_config
+
+    opts = parsed.options
+    try:
+        config = load_config(paths.config_file)
+        settings = node_settings(paths, opts.url)
+        if opts.url:
+            settings.url = opts.url.strip().rstrip("/")
+        if opts.proxy:
+            settings.proxy_setting, settings.proxy_source = opts.proxy, "-proxy"
+        settings.noproxy = opts.noproxy
+        settings.insecure = settings.insecure or opts.insecure
+        if opts.ca_fingerprint:
+            settings.pin = parse_fingerprint(opts.ca_fingerprint)
+        settings.proxy_ca = opts.proxy_ca
+        report = run_doctor(settings, paths, config)
+    except (DoctorSetupError, ConfigError, ValueError) as exc:
+        print(f"tether-claim: -doctor: {exc}", file=err)
+        return int(Exit.BAD_ARGUMENT)
+    if parsed.json:
+        print(json.dumps(report.as_json()), file=out)
+    else:
+        print(report.text(), file=out)
+    return 0 if report.failed is None else int(Exit.CANNOT_CONNECT)
 
 
 def main() -> None:

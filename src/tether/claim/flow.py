@@ -6,20 +6,31 @@ table in docs/claiming.md with a message naming what was wrong and what to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import socket
+import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from tether.atomic import write_atomic
 from tether.claim import keys
 from tether.claim.exit_codes import Exit
 from tether.claim.request import ClaimRequest, send_claim
 from tether.control import AgentNotRunning, send_command
+from tether.net.pinning import PinError, ensure_pinned_ca
 from tether.net.proxy import ProxyChoice, ProxyConfigError, claim_proxy
-from tether.net.tls import INSECURE_WARNING, TLSConfigError, client_ssl_context
+from tether.net.tls import (
+    INSECURE_WARNING,
+    TLSConfigError,
+    client_ssl_context,
+    parse_fingerprint,
+    proxy_ssl_context,
+)
 from tether.node import cloud_d
 from tether.node.config import AgentConfig, ConfigError, load_config
 from tether.node.identity import MachineGuidError, load_or_create_machine_guid
@@ -36,6 +47,9 @@ class ClaimOptions:
     node_id: str | None = None
     hostname: str | None = None
     proxy: str | None = None
+    proxy_source: str = "-proxy"  # where `proxy` came from (claim.conf, an environment variable)
+    proxy_ca: str | None = None  # the https proxy's CA (PEM), kept as cloud.d/proxy_ca.pem
+    ca_fingerprint: str | None = None  # sha256:HEX of the Cloud's CA
     noproxy: bool = False
     insecure: bool = False
     noreload: bool = False
@@ -122,6 +136,86 @@ def _machine_guid(paths: AgentPaths) -> str:
         raise _Stop(Exit.MACHINE_GUID, str(exc)) from exc
 
 
+def _proxy(
+    opts: ClaimOptions, config: AgentConfig, paths: AgentPaths, url: str, env: Mapping[str, str]
+) -> ProxyChoice:
+    try:
+        proxy = claim_proxy(
+            noproxy=opts.noproxy,
+            cli_proxy=opts.proxy,
+            config_proxy=config.get("cloud", "proxy"),
+            config_file=paths.config_file,
+            target_url=url,
+            env=env,
+        )
+    except ProxyConfigError as exc:
+        raise _Stop(Exit.BAD_ARGUMENT, str(exc)) from exc
+    if proxy.source == "-proxy" and opts.proxy_source != "-proxy":
+        proxy = dataclasses.replace(proxy, source=opts.proxy_source)
+    return proxy
+
+
+def _proxy_ssl(opts: ClaimOptions, paths: AgentPaths) -> ssl.SSLContext:
+    """TLS to an https proxy: -proxy-ca=FILE for this claim, else cloud.d/proxy_ca.pem."""
+    if opts.proxy_ca:
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            ctx.load_verify_locations(cafile=opts.proxy_ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise _Stop(
+                Exit.BAD_ARGUMENT,
+                f"-proxy-ca={opts.proxy_ca!r} cannot be used ({exc}): give a PEM file "
+                "holding the proxy's CA certificate",
+            ) from exc
+        return ctx
+    try:
+        return proxy_ssl_context(paths)
+    except TLSConfigError as exc:
+        raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
+
+
+def _pin_ca(
+    fingerprint: str,
+    url: str,
+    paths: AgentPaths,
+    proxy: ProxyChoice,
+    proxy_ssl: ssl.SSLContext,
+    say: Callable[[str], None],
+    result: ClaimResult,
+) -> str:
+    try:
+        pin = parse_fingerprint(fingerprint)
+    except ValueError as exc:
+        raise _Stop(Exit.BAD_ARGUMENT, f"-ca-fingerprint: {exc}") from exc
+    try:
+        cloud_d.ensure_cloud_dir(paths)
+        fetched = ensure_pinned_ca(url, pin, paths.cloud_fullchain_file, proxy, proxy_ssl)
+    except cloud_d.ClaimDirError as exc:
+        raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
+    except PinError as exc:
+        raise _Stop(Exit.CANNOT_CONNECT, str(exc)) from exc
+    if fetched:
+        say(f"Saved the Cloud's CA (sha256:{pin}) to {paths.cloud_fullchain_file}")
+        result.warnings.append(
+            f"Trusting the Cloud's CA from {url}/ca.pem: its SHA-256 matches "
+            f"-ca-fingerprint; saved to {paths.cloud_fullchain_file}."
+        )
+    return pin
+
+
+def _kept(opts: ClaimOptions, proxy: ProxyChoice, pin: str | None) -> cloud_d.KeptSettings:
+    """What the link must use too. A proxy from tether.conf stays there (the
+    link reads it live); one given to the claim is recorded, resolved."""
+    given = opts.noproxy or bool(opts.proxy and opts.proxy.strip())
+    return cloud_d.KeptSettings(
+        proxy=(proxy.url or "none") if given else None,
+        proxy_source=proxy.source if given else None,
+        insecure=opts.insecure,
+        secret=given and proxy.password is not None,
+        ca_fingerprint=pin,
+    )
+
+
 def claim(
     opts: ClaimOptions,
     paths: AgentPaths,
@@ -186,24 +280,21 @@ def _claim(
             f"no claiming token: give -token=TOKEN (or put it in {paths.token_file}); a "
             "Space admin finds it on the Cloud's Connect Nodes page",
         )
-    rooms = opts.rooms if opts.rooms is not None else stored_rooms
+    # cloud.d/rooms belong to the pending claim's token (cloud.d/token) only:
+    # a claim with another token (another Space) never carries them.
+    uses_stored_token = opts.token is None or opts.token == stored_token
+    rooms = opts.rooms if opts.rooms is not None else (stored_rooms if uses_stored_token else [])
     owner = _agent_user(opts, config)
-    try:
-        proxy: ProxyChoice = claim_proxy(
-            noproxy=opts.noproxy,
-            cli_proxy=opts.proxy,
-            config_proxy=config.get("cloud", "proxy"),
-            config_file=paths.config_file,
-            target_url=url,
-            env=env,
-        )
-    except ProxyConfigError as exc:
-        raise _Stop(Exit.BAD_ARGUMENT, str(exc)) from exc
+    proxy = _proxy(opts, config, paths, url, env)
     result.proxy = proxy.display()
     if opts.insecure:
         result.warnings.append(INSECURE_WARNING)
+    proxy_ssl = _proxy_ssl(opts, paths)
+    pin: str | None = None
+    if opts.ca_fingerprint:
+        pin = _pin_ca(opts.ca_fingerprint, url, paths, proxy, proxy_ssl, say, result)
     try:
-        ssl_ctx = client_ssl_context(paths, insecure=opts.insecure)
+        ssl_ctx = client_ssl_context(paths, insecure=opts.insecure, pinned=pin)
     except TLSConfigError as exc:
         raise _Stop(Exit.CLAIM_DIR, str(exc)) from exc
 
@@ -251,6 +342,7 @@ def _claim(
         ssl_ctx,
         proxy,
         timeout=opts.timeout,
+        proxy_ssl=proxy_ssl,
     )
     result.http_status = answer.http_status
     result.error_key = answer.error_key
@@ -260,7 +352,9 @@ def _claim(
     try:
         if save_after:
             keys.save(pair, paths.private_key_file, paths.public_key_file)
-        cloud_d.write_claimed(paths, node_id, url, rooms)
+        if opts.proxy_ca:
+            write_atomic(paths.proxy_ca_file, Path(opts.proxy_ca).read_bytes(), mode=0o644)
+        cloud_d.write_claimed(paths, node_id, url, _kept(opts, proxy, pin))
         if owner is not None:
             cloud_d.chown_cloud_dir(paths, owner.pw_uid, owner.pw_gid)
     except OSError as exc:

@@ -44,11 +44,15 @@ class ClaimAnswer:
 
 
 def send_claim(
-    req: ClaimRequest, ssl_ctx: ssl.SSLContext, proxy: ProxyChoice, timeout: float = 30.0
+    req: ClaimRequest,
+    ssl_ctx: ssl.SSLContext,
+    proxy: ProxyChoice,
+    timeout: float = 30.0,
+    proxy_ssl: ssl.SSLContext | None = None,
 ) -> ClaimAnswer:
     try:
         with httpx.Client(
-            verify=ssl_ctx, proxy=proxy.url, trust_env=False, timeout=timeout
+            verify=ssl_ctx, proxy=proxy.for_httpx(proxy_ssl), trust_env=False, timeout=timeout
         ) as client:
             resp = client.put(req.endpoint(), json=req.body())
     except (httpx.HTTPError, UnicodeError) as exc:
@@ -56,7 +60,7 @@ def send_claim(
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError) and isinstance(
             _cert_error(exc), ssl.SSLCertVerificationError
         ):
-            issuer = peer_certificate_issuer(req.url, proxy)
+            issuer = peer_certificate_issuer(req.url, proxy, proxy_ssl=proxy_ssl)
         return ClaimAnswer(
             Exit.CANNOT_CONNECT,
             "cannot connect to the Cloud: " + describe_connect_error(exc, req.url, proxy, issuer),

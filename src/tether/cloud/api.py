@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.cloud import space_ops
+from tether.cloud import node_list, room_rules, space_ops
 from tether.cloud.auth import Principal, require_user
 from tether.cloud.body import int_field, read_json
 from tether.cloud.db import Database
@@ -24,6 +24,7 @@ from tether.cloud.errors import ApiError, bad_request, error_response, forbidden
 from tether.cloud.models import ClaimAudit, Room, Space, SpaceInvitation, User, utcnow
 from tether.cloud.secrets import SecretBox, iso
 from tether.cloud.store import claim_tokens
+from tether.cloud.store import labels as label_store
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.cloud.store import users as user_store
@@ -397,7 +398,11 @@ def delete_room(c: Ctx) -> Any:
 def room_nodes(c: Ctx) -> Any:
     """Nodes in a War Room with their states."""
     room = c.room(c.space())
-    return [node_store.node_json(n) for n in node_store.of_room(c.s, room.id)]
+    how = room_rules.sources(c.s, room.id)  # "membership": manual or by rule
+    return [
+        {**node_store.node_json(n), "membership": how.get(n.id, "manual")}
+        for n in node_store.of_room(c.s, room.id)
+    ]
 
 
 @endpoint
@@ -474,14 +479,110 @@ def claim_audit(c: Ctx) -> Any:
     ]
 
 
+# --- named claiming tokens, labels, room rules ------------------------------
+
+
+@endpoint
+def list_claim_tokens(c: Ctx) -> Any:
+    """The Space's claiming tokens, the default one first (admin); never their secrets."""
+    space = c.space("admin")
+    now = utcnow()
+    return [claim_tokens.token_json(t, now) for t in claim_tokens.of_space(c.s, space.id)]
+
+
+@endpoint
+def create_claim_token(c: Ctx) -> Any:
+    """Create a named claiming token (admin; JSON {"name", "expires_in", "max_uses",
+    "rooms", "labels", "ephemeral"}). The token is shown only in this answer."""
+    token, row = space_ops.create_claim_token(c.s, c.user, c.param("space_id"), c.body, utcnow())
+    return {**claim_tokens.token_json(row), "token": token}
+
+
+@endpoint
+def get_named_claim_token(c: Ctx) -> Any:
+    """One claiming token (by id, prefix or name) with its latest uses (admin)."""
+    row = space_ops.claim_token(c.s, c.user, c.param("space_id"), c.param("token_id"))
+    out = claim_tokens.token_json(row)
+    out["uses_list"] = [claim_tokens.use_json(u) for u in claim_tokens.uses_of(c.s, row.id)]
+    return out
+
+
+@endpoint
+def revoke_named_claim_token(c: Ctx) -> Any:
+    """Revoke a claiming token (admin): new claims with it are refused at once,
+    nodes enrolled with it stay. Revoking the default one leaves the Space without
+    one until it is rotated (POST .../claim-token) or read again (GET)."""
+    row = space_ops.revoke_claim_token(c.s, c.user, c.param("space_id"), c.param("token_id"))
+    return claim_tokens.token_json(row)
+
+
+@endpoint
+def node_labels(c: Ctx) -> Any:
+    """A node's labels: the winning value per key, and each source's own."""
+    node = space_ops.node(c.s, c.space(), c.param("node_id"))
+    return labels_json(label_store.of_node(c.s, node.id))
+
+
+def labels_json(rows: list[Any]) -> dict[str, Any]:
+    by_source: dict[str, dict[str, str]] = {"token": {}, "agent": {}, "cloud": {}}
+    for row in rows:
+        by_source[row.source][row.key] = row.value
+    return {"labels": label_store.effective(rows), "sources": by_source}
+
+
+@endpoint
+def set_node_labels(c: Ctx) -> Any:
+    """Replace the labels set in the Cloud on a node (manager or admin; JSON
+    {"labels": {"key": "value"}}); rule rooms gain or lose it at once."""
+    if "labels" not in c.body:
+        raise bad_request('Send JSON {"labels": {"key": "value", ...}} ({} clears them).')
+    node = space_ops.set_node_labels(
+        c.s, c.user, c.param("space_id"), c.param("node_id"), c.body["labels"]
+    )
+    return JSONResponse(labels_json(label_store.of_node(c.s, node.id)))
+
+
+@endpoint
+def list_room_rules(c: Ctx) -> Any:
+    """A War Room's membership rules."""
+    room = c.room(c.space())
+    return [room_rules.rule_json(r) for r in room_rules.rules_of(c.s, room.id)]
+
+
+@endpoint
+def add_room_rule(c: Ctx) -> Any:
+    """Add a membership rule to a War Room (manager or admin; JSON {"action":
+    include|exclude, "key", "op": equals|starts_with|ends_with|contains, "value"});
+    the room's members by rule are re-evaluated at once."""
+    rule = space_ops.add_room_rule(c.s, c.user, c.param("space_id"), c.param("room_id"), c.body)
+    return room_rules.rule_json(rule)
+
+
+@endpoint
+def remove_room_rule(c: Ctx) -> Any:
+    """Remove a membership rule (manager or admin); members it alone put in leave."""
+    space_ops.remove_room_rule(
+        c.s, c.user, c.param("space_id"), c.param("room_id"), c.param("rule_id")
+    )
+    return Response(status_code=204)
+
+
 # --- nodes ------------------------------------------------------------------
 
 
 @endpoint
 def list_nodes(c: Ctx) -> Any:
-    """Nodes of a Space with their states (unseen, live, offline)."""
+    """Nodes of a Space with their states (unseen, live, offline); searched,
+    filtered, sorted and paged in the database (tether.cloud.node_list). With
+    `page` or `per_page` the total over all pages is in `X-Total-Count`."""
+    params = c.request.query_params
+    query = node_list.parse({k: params.getlist(k) for k in params}, paged_by_default=False)
     space = c.space()
-    return [node_store.node_json(n) for n in node_store.of_space(c.s, space.id)]
+    found, total = node_store.list_page(c.s, space.id, None, query)
+    body = [node_store.node_json(n) for n in found]
+    if not query.paged:
+        return body
+    return JSONResponse(body, headers={"X-Total-Count": str(total)})
 
 
 @endpoint
@@ -569,6 +670,15 @@ def routes() -> list[Route]:
         Route(f"{sp}/claim-token", get_claim_token, methods=["GET"]),
         Route(f"{sp}/claim-token", rotate_claim_token, methods=["POST"]),
         Route(f"{sp}/claim-audit", claim_audit, methods=["GET"]),
+        Route(f"{sp}/claim-tokens", list_claim_tokens, methods=["GET"]),
+        Route(f"{sp}/claim-tokens", create_claim_token, methods=["POST"]),
+        Route(sp + "/claim-tokens/{token_id}", get_named_claim_token, methods=["GET"]),
+        Route(sp + "/claim-tokens/{token_id}", revoke_named_claim_token, methods=["DELETE"]),
+        Route(sp + "/nodes/{node_id}/labels", node_labels, methods=["GET"]),
+        Route(sp + "/nodes/{node_id}/labels", set_node_labels, methods=["PUT"]),
+        Route(sp + "/rooms/{room_id}/rules", list_room_rules, methods=["GET"]),
+        Route(sp + "/rooms/{room_id}/rules", add_room_rule, methods=["POST"]),
+        Route(sp + "/rooms/{room_id}/rules/{rule_id}", remove_room_rule, methods=["DELETE"]),
         Route(f"{sp}/nodes", list_nodes, methods=["GET"]),
         Route(sp + "/nodes/{node_id}", get_node, methods=["GET"]),
         Route(sp + "/nodes/{node_id}", delete_node, methods=["DELETE"]),

@@ -27,6 +27,9 @@ from tether.cloud import (
     relay,
     web,
 )
+from tether.cloud.alerts import api as alerts_api
+from tether.cloud.alerts import web as alerts_web
+from tether.cloud.alerts.worker import AlertWorker
 from tether.cloud.db import Database, migrate
 from tether.cloud.errors import (
     ApiError,
@@ -39,6 +42,7 @@ from tether.cloud.routing import make_router
 from tether.cloud.secret_store import make_secret_store
 from tether.cloud.secrets import SecretBox
 from tether.cloud.settings import CloudSettings
+from tether.cloud.web import live
 
 log = logging.getLogger("tether.cloud")
 
@@ -80,12 +84,21 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     # Closing the links comes first (server.py runs it before uvicorn closes
     # connections itself); running it again at lifespan shutdown is a no-op.
     on_shutdown.append(links.stop)
+    # Reachability alerts and the notification outbox (tether.cloud.alerts):
+    # stopped after the links, whose closes start no alert (Cloud-side close).
+    alert_worker = AlertWorker(settings, db, router.process_id, SecretBox(settings.secret_key_file))
+    on_shutdown.append(alert_worker.stop)
+    # The Nodes view's live pushes (tether.cloud.web.live): ends its streams at shutdown.
+    node_watcher = live.NodeWatcher(db)
+    on_shutdown.append(node_watcher.stop)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await links.start()
         auth.share_invalidations(auth.auth_cache(app), router)
         app.state.started = True  # /api/ready says yes from now on
+        await alert_worker.start()
+        await node_watcher.start()
         yield
         await run_shutdown_hooks(app)
         db.dispose()
@@ -100,6 +113,8 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
         *node_auth.routes(),
         *link.routes(),
         *relay.routes(),
+        *alerts_api.routes(),
+        *alerts_web.routes(),
         # Other parts add their route lists here; the UI is mounted last since it owns "/".
         *web.routes(),
     ]
@@ -125,6 +140,8 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     app.state.on_shutdown = on_shutdown
     app.state.router = router
     app.state.links = links
+    app.state.alert_worker = alert_worker
+    app.state.node_watcher = node_watcher
     app.state.secret_store = secret_store
     app.state.auth_limiter = node_auth.AuthLimits(
         settings.auth_failures_per_minute, settings.auth_requests_per_address_per_minute

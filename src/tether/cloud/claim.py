@@ -1,14 +1,18 @@
 """The claim endpoint: `PUT /api/v1/spaces/nodes/{id}` (wire format in docs/cloud-api.md,
 "Claiming a node").
 
-A node presents the Space's claiming token, its id, hostname, rooms and RSA
-public key; the Cloud answers 204 or a JSON error whose `errorMsgKey` the claim
-client maps to an exit code. Every attempt is audited; failures are rate
-limited per source address (IPv6 per /64).
+A node presents a claiming token (the Space's default one or a named one,
+tether.cloud.store.claim_tokens), its id, hostname, rooms and RSA public key;
+the Cloud answers 204 or a JSON error whose `errorMsgKey` the claim client
+maps to an exit code. A new node takes one of the token's uses (atomically)
+and gets the token's rooms and labels; a re-claim of a node already in the
+Space takes no use. Every attempt is audited; failures are rate limited per
+source address (IPv6 per /64).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import uuid
@@ -24,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tether.cloud import node_metadata
+from tether.cloud import node_metadata, room_rules
 from tether.cloud.body import BadJson, parse_json, read_limited
 from tether.cloud.client import client_address
 from tether.cloud.db import Database
@@ -33,6 +37,8 @@ from tether.cloud.limits import Window, address_key
 from tether.cloud.models import ClaimAudit, ClaimToken, Node, Room, utcnow
 from tether.cloud.outage import DATABASE_ERRORS
 from tether.cloud.secrets import CLAIM_KIND, aware, same_hash, token_prefix
+from tether.cloud.store import claim_tokens as token_store
+from tether.cloud.store import labels as label_store
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.protocol.states import NodeState
@@ -184,11 +190,31 @@ def _forbidden() -> ClaimError:
     )
 
 
-def _resolve_rooms(s: Session, space_id: str, wanted: list[str]) -> list[Room]:
+def _unusable(tok: ClaimToken, now: dt.datetime) -> ClaimError:
+    """Why a token whose secret matched cannot claim (the caller holds the
+    secret, so naming the token tells nothing new)."""
+    what = f"The claiming token {tok.name!r} (prefix {tok.prefix})"
+    why = token_store.state(tok, now)
+    if why == "revoked":
+        text = f"{what} was revoked" + (" (rotated)" if tok.revoked_by == "rotation" else "")
+    elif why == "expired":
+        text = f"{what} expired at {aware(tok.expires_at).isoformat() if tok.expires_at else ''}"
+    else:
+        text = f"{what} is used up: all {tok.max_uses} of its uses are taken"
+    return ClaimError(
+        "ErrForbidden", f"{text}. Ask a Space admin for a new claiming token, then claim again."
+    )
+
+
+def _resolve_rooms(
+    s: Session, space_id: str, wanted: list[str], token_rooms: list[str] | None = None
+) -> list[Room]:
     space_rooms = space_store.rooms(s, space_id)
     by_id = {r.id: r for r in space_rooms}
     by_name = {r.name: r for r in space_rooms}
     out = [r for r in space_rooms if r.is_all_nodes]
+    # The token's rooms; one deleted since the token was made is skipped.
+    out += [by_id[r] for r in token_rooms or [] if r in by_id and by_id[r] not in out]
     for ref in wanted:
         room = by_id.get(ref.lower()) or by_name.get(ref)
         if room is None:
@@ -202,8 +228,12 @@ def _resolve_rooms(s: Session, space_id: str, wanted: list[str]) -> list[Room]:
     return out
 
 
-def apply_claim(db: Database, req: ClaimRequest, address: str) -> tuple[str, str]:
-    """Claim in one write-locked transaction. Returns (result, space_id)."""
+def apply_claim(
+    db: Database, req: ClaimRequest, address: str, now: dt.datetime | None = None
+) -> tuple[str, str]:
+    """Claim in one write-locked transaction. Returns (result, space_id).
+    `now` is the clock's reading (tests pass one to decide expiry)."""
+    now = now or utcnow()
     prefix = token_prefix(req.token, CLAIM_KIND)
     if prefix is None:
         raise _forbidden()
@@ -211,14 +241,11 @@ def apply_claim(db: Database, req: ClaimRequest, address: str) -> tuple[str, str
         # FOR UPDATE orders this claim with a rotation on PostgreSQL; on SQLite
         # the BEGIN IMMEDIATE write lock does.
         tok = s.scalar(select(ClaimToken).where(ClaimToken.prefix == prefix).with_for_update())
-        if (
-            tok is None
-            or not same_hash(req.token, tok.token_hash)
-            or tok.revoked_at is not None
-            or (tok.expires_at is not None and aware(tok.expires_at) <= utcnow())
-        ):
+        if tok is None or not same_hash(req.token, tok.token_hash):
             raise _forbidden()
-        rooms = _resolve_rooms(s, tok.space_id, req.rooms)
+        if token_store.state(tok, now) in ("revoked", "expired"):
+            raise _unusable(tok, now)
+        rooms = _resolve_rooms(s, tok.space_id, req.rooms, token_store.room_ids(tok))
         node = s.get(Node, req.node_id)
         if node is not None:
             if node.space_id != tok.space_id:
@@ -249,7 +276,11 @@ def apply_claim(db: Database, req: ClaimRequest, address: str) -> tuple[str, str
             )
             result = "reclaimed"
         else:
-            now = utcnow()
+            # The one conditional UPDATE that takes a use: of racing claims on
+            # a token with one use left exactly one gets a row.
+            if not token_store.take_use(s, tok.id, now):
+                s.refresh(tok)
+                raise _unusable(tok, now)
             node = Node(
                 id=req.node_id,
                 space_id=tok.space_id,
@@ -271,6 +302,11 @@ def apply_claim(db: Database, req: ClaimRequest, address: str) -> tuple[str, str
                 s, node, "claimed", detail={"address": address, "token_prefix": prefix}
             )
             result = "claimed"
+        token_labels = token_store.labels_of(tok)
+        if token_labels:
+            label_store.set_source(s, node.id, "token", token_labels)
+        room_rules.apply_to_node(s, node.id, tok.space_id)
+        token_store.record_use(s, tok, node.id, address, result)
         s.add(
             ClaimAudit(
                 token_prefix=prefix,

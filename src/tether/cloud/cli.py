@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,24 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--san",
         action="append",
         default=[],
-        help="extra DNS name or IP for the generated server certificate (repeatable)",
+        metavar="NAME_OR_IP",
+        help="another DNS name or IP address nodes use to reach this Cloud, put in its "
+        "certificate (repeatable; kept for later starts; `--san auto`: none)",
     )
-    p.add_argument("--public-url", help="URL agents and browsers use to reach this Cloud")
+    p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="https://NAME[:PORT] nodes and browsers use to reach this Cloud: in its "
+        "certificate, every command it shows and the link URL (kept for later starts; "
+        "`--public-url auto`: the address each page was asked through)",
+    )
+    p.add_argument(
+        "--agent-bundle",
+        "--bundle",
+        type=Path,
+        help="serve the agent from this bundle (made by `tether-cloud agent-bundle`, e.g. on "
+        "a machine with an index) at /downloads/; default: built at first need into DATA_DIR",
+    )
     p.add_argument(
         "--claim-failures-per-minute",
         type=int,
@@ -149,6 +165,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="claim audit rows kept in all, newest first (default 100000)",
     )
     p.add_argument(
+        "--alert-grace-seconds",
+        type=float,
+        default=60.0,
+        help="how long a node may be offline before its reachability alert, for Spaces, "
+        "rooms and nodes that set none (default 60)",
+    )
+    p.add_argument(
         "--auth-cache-seconds",
         type=float,
         default=5.0,
@@ -179,6 +202,26 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(a: argparse.Namespace) -> CloudSettings:
+    settings = _make_settings(a)
+    if hasattr(a, "public_url"):  # serve and quickstart: the flags, else what was kept
+        from tether.cloud.address import AddressError, resolve
+
+        try:
+            chosen = resolve(
+                settings.data_dir,
+                a.public_url,
+                a.san,
+                serves_tls=not settings.insecure_http,
+                persist=True,
+            )
+        except AddressError as exc:
+            raise CliError(str(exc)) from None
+        settings.public_url = chosen.url
+        settings.extra_sans = list(chosen.sans)
+    return settings
+
+
+def _make_settings(a: argparse.Namespace) -> CloudSettings:
     return CloudSettings(
         data_dir=a.data_dir,
         host=getattr(a, "host", DEFAULT_HOST),
@@ -187,14 +230,16 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
         insecure_http=getattr(a, "insecure_http", False),
         cert_file=getattr(a, "cert", None),
         key_file=getattr(a, "key", None),
-        extra_sans=getattr(a, "san", []),
-        public_url=getattr(a, "public_url", None),
+        agent_bundle=getattr(a, "agent_bundle", None),
         claim_failures_per_minute=getattr(a, "claim_failures_per_minute", 10),
         keepalive_seconds=_positive(getattr(a, "keepalive", 20.0), "--keepalive", 0.2, 3600),
         nats_url=getattr(a, "nats_url", None),
         nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
         relay_timeout_seconds=_positive(
             getattr(a, "relay_timeout", 10.0), "--relay-timeout", 0.1, 600
+        ),
+        alert_default_grace_seconds=_positive(
+            getattr(a, "alert_grace_seconds", 60.0), "--alert-grace-seconds", 0, 86400
         ),
         auth_cache_seconds=_positive(
             getattr(a, "auth_cache_seconds", 5.0), "--auth-cache-seconds", 0.1, 3600
@@ -275,30 +320,72 @@ def _safe_url(url: str) -> str:
         return "<invalid database URL>"
 
 
-def _tls(settings: CloudSettings) -> tuple[str | None, str | None, Path | None, str | None]:
-    """(cert, key, ca_file, ca_sha256) to serve with."""
-    from tether.cloud.tls import cert_sha256, ensure_tls
+@dataclass(frozen=True)
+class _Served:
+    """What the Cloud serves TLS with (all None/empty over plain HTTP)."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca_file: Path | None = None  # the private CA, when the Cloud made its own certificate
+    ca_sha256: str | None = None
+    names: tuple[str, ...] | None = None  # the names its certificate is valid for
+
+
+def _tls(settings: CloudSettings) -> _Served:
+    from tether.cloud.address import PublicAddress, certificate_names
+    from tether.cloud.tls import TlsSetupError, cert_sha256, ensure_tls, server_names
 
     if settings.insecure_http:
-        return None, None, None, None
+        return _Served()
     if settings.cert_file or settings.key_file:
         if not (settings.cert_file and settings.key_file):
             raise CliError("--cert and --key go together")
         for f in (settings.cert_file, settings.key_file):
             if not f.is_file():
                 raise CliError(f"{f} does not exist")
-        return str(settings.cert_file), str(settings.key_file), None, None
-    files = ensure_tls(settings.data_dir, settings.extra_sans)
+        if settings.extra_sans:
+            log.warning("--san names are for the generated certificate; --cert is used as it is")
+        try:
+            names = tuple(server_names(settings.cert_file))
+        except ValueError as exc:
+            raise CliError(f"{settings.cert_file} is not a PEM certificate: {exc}") from None
+        return _Served(str(settings.cert_file), str(settings.key_file), names=names)
+    wanted = certificate_names(
+        PublicAddress(settings.public_url, tuple(settings.extra_sans)), settings.host
+    )
+    try:
+        files = ensure_tls(settings.data_dir, wanted)
+    except TlsSetupError as exc:
+        raise CliError(str(exc)) from None
+    ca_sha = cert_sha256(files.ca_file)
     if files.created:
-        log.info("created a private CA and server certificate in %s", settings.data_dir)
-    return str(files.cert_file), str(files.key_file), files.ca_file, cert_sha256(files.ca_file)
+        log.info("created a private CA in %s (SHA-256 %s)", settings.data_dir, ca_sha)
+    if files.reissued:
+        log.info(
+            "issued the server certificate for %s: %s; the CA is unchanged",
+            ", ".join(files.names),
+            files.reissued,
+        )
+    if files.missing:
+        log.warning(
+            "the server certificate lacks %s, and the CA key to issue a new one is not in %s",
+            ", ".join(files.missing),
+            settings.data_dir,
+        )
+    return _Served(str(files.cert_file), str(files.key_file), files.ca_file, ca_sha, files.names)
+
+
+def _address_warnings(settings: CloudSettings, served: _Served) -> list[str]:
+    from tether.cloud.address import warnings
+
+    return warnings(settings.url, served.names, on_page=False)
 
 
 def _serve(settings: CloudSettings, a: argparse.Namespace, on_ready: Callable[..., None]) -> int:
     from tether.cloud.app import create_app
     from tether.cloud.server import run
 
-    cert, key, ca_file, ca_sha = _tls(settings)
+    served = _tls(settings)
     if settings.nats_url:
         _check_nats(settings.nats_url)
     db = _open_db(settings)
@@ -309,10 +396,10 @@ def _serve(settings: CloudSettings, a: argparse.Namespace, on_ready: Callable[..
         return run(
             settings,
             app,
-            cert_file=cert,
-            key_file=key,
+            cert_file=served.cert,
+            key_file=served.key,
             access_log=a.access_log,
-            on_ready=lambda: on_ready(ca_file, ca_sha),
+            on_ready=lambda: on_ready(served),
         )
     except OSError as exc:
         raise CliError(
@@ -340,15 +427,34 @@ def _check_nats(url: str) -> None:
 def cmd_serve(a: argparse.Namespace) -> int:
     settings = _settings(a)
 
-    def ready(ca_file: Path | None, ca_sha: str | None) -> None:
+    def ready(served: _Served) -> None:
         log.info(
             "Tether Cloud listening at %s (database %s)", settings.url, _safe_url(settings.db_url)
         )
-        if ca_file:
-            log.info("CA file for agents (cloud.d/cloud_fullchain.pem): %s", ca_file)
-            log.info("CA SHA-256 fingerprint: %s", ca_sha)
+        if served.ca_file:
+            log.info("CA file for agents (cloud.d/cloud_fullchain.pem): %s", served.ca_file)
+            log.info("CA SHA-256 fingerprint: %s", served.ca_sha256)
+        if served.names:
+            log.info("certificate names: %s", ", ".join(served.names))
+        for warning in _address_warnings(settings, served):
+            log.warning("%s", warning)
 
     return _serve(settings, a, ready)
+
+
+def _node_commands(url: str, token: str, room: str, served: _Served) -> list[str]:
+    """The Linux commands Connect Nodes shows, for the quickstart to print."""
+    from tether.cloud.web import commands
+
+    ca = None
+    if served.ca_file and served.ca_sha256:
+        ca = commands.CloudCa(f"{url}/ca.pem", served.ca_sha256)
+    steps = commands.build("linux", url, token, [room], ca).steps
+    lines: list[str] = []
+    for step in steps:
+        lines.append(f"  {step.title}:")
+        lines += [f"    {line}" for line in step.text.splitlines()]
+    return lines
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
@@ -356,18 +462,21 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     from tether.cloud.secrets import SecretBox
 
     settings = _settings(a)
-    cert, key, ca_file, ca_sha = _tls(settings)
-    del cert, key
+    served = _tls(settings)
     db = _open_db(settings)
     try:
         prep = prepare(db, SecretBox(settings.secret_key_file), settings.data_dir)
     finally:
         db.dispose()
     url = settings.url
+    warnings = _address_warnings(settings, served)
     info = {
         "url": url,
-        "ca_file": str(ca_file) if ca_file else None,
-        "ca_sha256": ca_sha,
+        "public_url": settings.public_url,
+        "tls_names": list(served.names) if served.names is not None else None,
+        "warnings": warnings,
+        "ca_file": str(served.ca_file) if served.ca_file else None,
+        "ca_sha256": served.ca_sha256,
         "space_id": prep.space_id,
         "room_ids": prep.room_ids,
         "claim_token": prep.claim_token,
@@ -403,14 +512,15 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
             lines.append(f"  API token: {prep.api_token} (kept in {prep.api_token_file})")
         else:
             lines.append(f"  API token: in {prep.api_token_file}")
-        if ca_file:
-            lines.append(f"  CA file: {ca_file}")
-            lines.append(f"  CA SHA-256: {ca_sha}")
-            lines.append("  On each node, trust this CA first:")
-            lines.append(f"    cp {ca_file} $PREFIX/var/lib/tether/cloud.d/cloud_fullchain.pem")
-        lines.append("  Then claim the node:")
+        if served.ca_file:
+            lines.append(f"  CA file: {served.ca_file}")
+            lines.append(f"  CA SHA-256: {served.ca_sha256}")
+        if served.names:
+            lines.append(f"  Certificate valid for: {', '.join(served.names)}")
+        lines += [f"  WARNING: {w}" for w in warnings]
         token = prep.claim_token if secret_ok else "CLAIM_TOKEN"
-        lines.append(f"    tether-claim -token={token} -rooms={prep.room_ids[1]} -url={url}")
+        lines.append("Connect a Linux node (the commands Connect Nodes shows):")
+        lines += _node_commands(url, token, prep.room_ids[1], served)
         if not secret_ok:
             lines.append("  (CLAIM_TOKEN: claim_token in the JSON on stdout)")
         print("\n".join(lines), file=human, flush=True)
@@ -568,6 +678,71 @@ def cmd_token(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_named_token(a: argparse.Namespace) -> int:
+    """`token create|list|revoke`: a Space's named claiming tokens."""
+    from tether.cloud.models import Space, utcnow
+    from tether.cloud.store import claim_tokens
+    from tether.cloud.store import labels as label_store
+
+    db = _open_db(_settings(a))
+    now = utcnow()
+    action = str(a.token_cmd)
+    try:
+        with db.session(write_lock=action != "list") as s:
+            if s.get(Space, a.space) is None:
+                raise CliError(f"no space with id {a.space}")
+            if action == "create":
+                expires = now + dt.timedelta(seconds=a.expires_in) if a.expires_in else None
+                token, row = claim_tokens.create(
+                    s,
+                    a.space,
+                    a.name,
+                    None,
+                    expires_at=expires,
+                    max_uses=a.max_uses,
+                    rooms=a.room,
+                    labels=label_store.parse_pairs(a.label),
+                    ephemeral=a.ephemeral,
+                )
+                out: object = {**claim_tokens.token_json(row, now), "token": token}
+                text = token
+                note = f"claiming token {row.name!r} ({row.prefix}): shown only this once"
+                print(note, file=sys.stderr)
+            elif action == "list":
+                rows = claim_tokens.of_space(s, a.space, include_revoked=a.all)
+                out = [claim_tokens.token_json(r, now) for r in rows]
+                text = "\n".join(
+                    f"{r.prefix}  {claim_tokens.state(r, now):8}  uses {r.uses}/"
+                    f"{r.max_uses if r.max_uses is not None else '-'}  {r.name}"
+                    + ("  (default)" if r.is_default else "")
+                    for r in rows
+                )
+            else:
+                found = claim_tokens.find(s, a.space, a.token)
+                if found is None:
+                    raise CliError(
+                        f"no claiming token {a.token!r} in space {a.space}; "
+                        "see `tether-cloud token list`"
+                    )
+                claim_tokens.revoke(s, found, "tether-cloud token revoke", now)
+                out = claim_tokens.token_json(found, now)
+                text = f"revoked claiming token {found.name!r} ({found.prefix})"
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(json.dumps(out) if a.json else text)
+    return 0
+
+
+def cmd_agent_bundle(a: argparse.Namespace) -> int:
+    from tether.cloud.downloads import BundleError, cmd_agent_bundle
+
+    try:
+        print(cmd_agent_bundle(a.output, a.platform, a.python))
+    except BundleError as exc:
+        raise CliError(str(exc)) from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether-cloud", description="The Tether Cloud.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -582,6 +757,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line on stdout when ready")
     p.add_argument("--no-serve", action="store_true", help="only prepare, do not serve")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser(
+        "agent-bundle",
+        help="make the agent wheel and a wheelhouse of its dependencies (needs an index)",
+        description="Make an agent bundle for /downloads/ and kickstart.sh: the agent wheel "
+        "and every dependency as wheels for this machine, plus binary wheels for each "
+        "--platform. Serve it with `serve --agent-bundle DIR` (also on an air-gapped Cloud).",
+    )
+    p.add_argument("--output", type=Path, required=True, help="a new directory for the bundle")
+    p.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        help="also wheels for this pip platform tag, e.g. manylinux2014_aarch64 (repeatable)",
+    )
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        help="Python version of those wheels, e.g. 3.11 (repeatable; default this one's)",
+    )
+    p.set_defaults(func=cmd_agent_bundle)
 
     admin = sub.add_parser("admin", help="accounts and Spaces").add_subparsers(
         dest="admin_cmd", required=True
@@ -631,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["admin", "manager", "member"], default="member")
     p.set_defaults(func=cmd_add_member)
 
-    tok = sub.add_parser("token", help="a Space's claiming token").add_subparsers(
+    tok = sub.add_parser("token", help="a Space's claiming tokens").add_subparsers(
         dest="token_cmd", required=True
     )
     p = tok.add_parser("show", help="print the active claiming token")
@@ -645,6 +842,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-in", type=int, help="seconds until the new token expires")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_token)
+    p = tok.add_parser("create", help="make a named claiming token (its secret is shown once)")
+    _data_args(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--expires-in", type=int, help="seconds until the token expires")
+    p.add_argument("--max-uses", type=int, help="how many nodes it may enroll (default: any)")
+    p.add_argument("--room", action="append", default=[], help="a room id or name (repeatable)")
+    p.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
+    p.add_argument("--ephemeral", action="store_true", help="mark its nodes ephemeral")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_named_token)
+    p = tok.add_parser("list", help="the Space's claiming tokens (never their secrets)")
+    _data_args(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--all", action="store_true", help="revoked ones too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_named_token)
+    p = tok.add_parser("revoke", help="refuse new claims with a token; its nodes stay")
+    _data_args(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--token", required=True, help="the token's id, prefix or name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_named_token)
     return parser
 
 

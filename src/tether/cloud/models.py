@@ -119,13 +119,23 @@ class ClaimToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     # Fernet-encrypted token so a Space admin can read it again (the key is
     # secret.key in the data dir); the hash is what claims are checked against.
-    token_encrypted: Mapped[str] = mapped_column(Text)
+    # Only the Space's default token keeps it: a named token is shown once.
+    token_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
     created_by: Mapped[str | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
+    # Named tokens (tether.cloud.store.claim_tokens; migration 0005).
+    name: Mapped[str] = mapped_column(String(200), default="default")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False)
+    rooms: Mapped[str] = mapped_column(Text, default="[]")  # JSON room ids
+    labels: Mapped[str] = mapped_column(Text, default="{}")  # JSON {key: value}
+    revoked_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
 
 
 class ClaimAudit(Base):
@@ -176,6 +186,8 @@ class NodeRoom(Base):
     room_id: Mapped[str] = mapped_column(
         ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    # "manual" (claim, API, UI) or "rule" (tether.cloud.room_rules; migration 0005).
+    source: Mapped[str] = mapped_column(String(8), default="manual")
 
 
 class NodeEvent(Base):
@@ -227,19 +239,201 @@ class CloudProcess(Base):
     description: Mapped[str | None] = mapped_column(String(200))
 
 
+# --- alerts and notifications (tether.cloud.alerts) -------------------------
+
+
+class AlertGrace(Base):
+    """How long a node may be offline before a reachability alert: the Space's
+    default (scope "space", target ""), or an override for a room or a node."""
+
+    __tablename__ = "alert_grace"
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # space | room | node
+    target: Mapped[str] = mapped_column(String(36), primary_key=True)
+    grace_seconds: Mapped[float]
+
+
+class ReachabilityWatch(Base):
+    """A node that went offline and may raise a reachability alert at `due_at`
+    (unless it returns first). One per node; gone when it returns or is raised."""
+
+    __tablename__ = "reachability_watches"
+    node_id: Mapped[str] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    space_id: Mapped[str] = mapped_column(String(36), index=True)
+    offline_at: Mapped[dt.datetime]
+    due_at: Mapped[dt.datetime] = mapped_column(index=True)
+    grace_seconds: Mapped[float]
+    cause: Mapped[str | None] = mapped_column(Text)
+    cause_code: Mapped[str] = mapped_column(String(32))
+    expected_back_at: Mapped[dt.datetime | None]
+
+
+class Alert(Base):
+    """A Cloud-raised alert (reachability): one row per incident, resolved with
+    its duration. Agent alerts are read from their transitions (node_events)."""
+
+    __tablename__ = "alerts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[str] = mapped_column(String(36), index=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(64))  # "reachability"
+    severity: Mapped[str] = mapped_column(String(16))  # warning | critical
+    status: Mapped[str] = mapped_column(String(16), index=True)  # active | resolved
+    summary: Mapped[str] = mapped_column(Text)
+    offline_at: Mapped[dt.datetime]
+    raised_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[dt.datetime | None]
+
+
+class NotificationChannel(Base):
+    """Where notifications go: a webhook, a Slack-compatible webhook or email.
+    `config` is JSON without secrets; the secret (webhook signing key, SMTP
+    password, Slack URL) is Fernet-sealed in `secret_sealed`."""
+
+    __tablename__ = "notification_channels"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # webhook | slack | email
+    config: Mapped[str] = mapped_column(Text)  # JSON
+    secret_sealed: Mapped[str | None] = mapped_column(Text)
+    rooms: Mapped[str] = mapped_column(Text, default="[]")  # JSON room ids; [] = every room
+    severities: Mapped[str] = mapped_column(Text, default='["warning", "critical"]')  # JSON
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Notification(Base):
+    """The outbox: a notification is written in the transaction of its event
+    and sent later by whichever Cloud process claims it (state pending ->
+    sending -> sent | failed); its idempotency key goes to the receiver."""
+
+    __tablename__ = "notification_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    channel_id: Mapped[str] = mapped_column(
+        ForeignKey("notification_channels.id", ondelete="CASCADE"), index=True
+    )
+    alert_id: Mapped[str | None] = mapped_column(String(36))
+    node_id: Mapped[str | None] = mapped_column(String(36))
+    event: Mapped[str] = mapped_column(String(16))  # raised | resolved | summary | test
+    payload: Mapped[str] = mapped_column(Text)  # JSON, the body's "alert" part
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (Index("ix_notification_outbox_state_next", "state", "next_attempt_at"),)
+
+
+class Silence(Base):
+    """No notifications for a node, a room or nodes with a label until
+    `ends_at` (a maintenance window); alerts are still raised and shown."""
+
+    __tablename__ = "alert_silences"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(8))  # node | room | label
+    target: Mapped[str] = mapped_column(String(300))  # node or room id; label "key=value"
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    ends_at: Mapped[dt.datetime]
+    created_by: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AlertFlap(Base):
+    """Per node: notifications sent in the current window and how many were
+    held back (a flapping node gets a summary, not a storm)."""
+
+    __tablename__ = "alert_flaps"
+    node_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    space_id: Mapped[str] = mapped_column(String(36))
+    window_started_at: Mapped[dt.datetime]
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    held: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --- claiming token uses, node labels, room rules (migration 0005) -----------
+
+
+class ClaimTokenUse(Base):
+    """A successful claim with a token: which node, when, from which address."""
+
+    __tablename__ = "claim_token_uses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_id: Mapped[str] = mapped_column(
+        ForeignKey("claim_tokens.id", ondelete="CASCADE"), index=True
+    )
+    node_id: Mapped[str] = mapped_column(String(36), index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    address: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(16))  # claimed | reclaimed
+
+
+class NodeLabel(Base):
+    """One label of a node from one source; where sources disagree on a key
+    the highest `rank` wins (cloud 3 > agent 2 > token 1)."""
+
+    __tablename__ = "node_labels"
+    node_id: Mapped[str] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(8), primary_key=True)  # token | agent | cloud
+    rank: Mapped[int] = mapped_column(Integer)
+    value: Mapped[str] = mapped_column(String(200))
+
+    __table_args__ = (Index("ix_node_labels_key_value", "key", "value"),)
+
+
+class RoomRule(Base):
+    """A room membership rule: nodes whose label `key` matches `op` `value`
+    are put in (include) or kept out of (exclude) the room."""
+
+    __tablename__ = "room_rules"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), index=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(8))  # include | exclude
+    key: Mapped[str] = mapped_column(String(64))
+    op: Mapped[str] = mapped_column(String(16))  # equals | starts_with | ends_with | contains
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 __all__ = [
+    "Alert",
+    "AlertFlap",
+    "AlertGrace",
     "ApiToken",
     "Base",
     "ClaimAudit",
     "ClaimToken",
+    "ClaimTokenUse",
     "CloudProcess",
     "LinkToken",
     "LoginSession",
     "Node",
     "NodeChallenge",
     "NodeEvent",
+    "NodeLabel",
     "NodeRoom",
+    "Notification",
+    "NotificationChannel",
+    "ReachabilityWatch",
     "Room",
+    "RoomRule",
+    "Silence",
     "Space",
     "SpaceInvitation",
     "SpaceMember",

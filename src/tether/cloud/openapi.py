@@ -63,6 +63,35 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "optional": True,
         "schema": {"type": "object", "properties": {"expires_in": {"type": "integer"}}},
     },
+    ("POST", "/api/v1/spaces/{space_id}/claim-tokens"): {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "expires_in": {"type": "integer"},
+            "max_uses": {"type": "integer"},
+            "rooms": {"type": "array", "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "ephemeral": {"type": "boolean"},
+        },
+        "required": ["name"],
+    },
+    ("PUT", "/api/v1/spaces/{space_id}/nodes/{node_id}/labels"): {
+        "type": "object",
+        "properties": {
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "required": ["labels"],
+    },
+    ("POST", "/api/v1/spaces/{space_id}/rooms/{room_id}/rules"): {
+        "type": "object",
+        "properties": {
+            "action": {"type": "string", "enum": ["include", "exclude"]},
+            "key": {"type": "string"},
+            "op": {"type": "string", "enum": ["equals", "starts_with", "ends_with", "contains"]},
+            "value": {"type": "string"},
+        },
+        "required": ["key", "value"],
+    },
     ("POST", "/api/v1/spaces/{space_id}/nodes/{node_id}/disconnect"): {
         "optional": True,
         "schema": {
@@ -94,6 +123,17 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
 
 # Query parameters an endpoint reads: (method, Starlette path) -> names (strings).
 QUERIES: dict[tuple[str, str], list[str]] = {
+    # Search, filters, sort and pages of the Nodes list (tether.cloud.node_list).
+    ("GET", "/api/v1/spaces/{space_id}/nodes"): [
+        "q",
+        "state",
+        "os",
+        "agent_version",
+        "sort",
+        "order",
+        "page",
+        "per_page",
+    ],
     # The relay passes its query on to the agent's API.
     ("GET", "/api/v2/nodes/{node_id}/{name:path}"): [
         "chart",

@@ -18,8 +18,13 @@ class CloudSettings:
     insecure_http: bool = False
     cert_file: Path | None = None
     key_file: Path | None = None
+    # --san and --public-url as resolved by tether.cloud.address (the flags, or
+    # what public-address.json in data_dir kept from an earlier start).
     extra_sans: list[str] = field(default_factory=list)
     public_url: str | None = None
+    # The agent bundle served at /downloads/ (tether.cloud.downloads); None: built
+    # at first need into data_dir/agent-bundle.
+    agent_bundle: Path | None = None
     # Failed claims allowed per source address per minute before 429.
     claim_failures_per_minute: int = 10
     session_days: int = 14
@@ -62,6 +67,18 @@ class CloudSettings:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 20.0
     max_unfinished_connections: int = 1000
+    # Alerts (tether.cloud.alerts, docs/alerts.md): the grace of a Space that
+    # sets none; the worker's longest sleep; each send's timeout; retries
+    # (backoff base doubling up to max, then "failed"); a flapping node's
+    # notifications per window before they are held for a summary.
+    alert_default_grace_seconds: float = 60.0
+    alert_tick_seconds: float = 1.0
+    notify_timeout_seconds: float = 10.0
+    notify_retry_base_seconds: float = 1.0
+    notify_retry_max_seconds: float = 300.0
+    notify_max_attempts: int = 8
+    notify_flap_limit: int = 6
+    notify_flap_window_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -85,6 +102,13 @@ class CloudSettings:
         if ":" in host:
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def served_cert_file(self) -> Path | None:
+        """The server certificate this Cloud presents (None: plain HTTP)."""
+        if self.insecure_http:
+            return None
+        return self.cert_file or self.data_dir / "server.pem"
 
     @property
     def secret_key_file(self) -> Path:

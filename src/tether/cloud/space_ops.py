@@ -12,18 +12,32 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tether.cloud import room_rules
 from tether.cloud.auth import Principal
-from tether.cloud.models import ClaimToken, Node, Room, Space, SpaceInvitation, User, utcnow
+from tether.cloud.models import (
+    ClaimToken,
+    Node,
+    Room,
+    RoomRule,
+    Space,
+    SpaceInvitation,
+    User,
+    utcnow,
+)
 from tether.cloud.secrets import SecretBox
 from tether.cloud.store import claim_tokens
+from tether.cloud.store import labels as label_store
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.cloud.store.spaces import AllNodesRoom, NotFound, require_role
 
 log = logging.getLogger("tether.cloud.spaces")
+
+MAX_TOKEN_LIFETIME = 10 * 365 * 86400  # a claiming token's "expires_in": at most 10 years
 
 # Why an invitation can no longer be answered: (status, errorMsgKey, text).
 CLOSED = {
@@ -194,7 +208,9 @@ def add_room_nodes(
     space, _ = require_role(s, space_id, actor.user_id, "manager")
     target = room(s, space, room_id)
     for node_id in node_ids:
-        node_store.add_to_room(s, node(s, space, node_id), target)
+        found = node(s, space, node_id)
+        node_store.add_to_room(s, found, target)
+        room_rules.make_manual(s, found.id, target.id)  # kept when its labels change
 
 
 def remove_room_node(
@@ -220,3 +236,95 @@ def remove_node(s: Session, actor: Principal, space_id: str, node_id: str) -> st
     node_store.remove(s, found, actor.email)
     log.info("node %s removed from space %s by %s", removed, space.id, actor.email)
     return removed
+
+
+# --- named claiming tokens, node labels, room rules (issue 13) ----------------
+
+
+def create_claim_token(
+    s: Session, actor: Principal, space_id: str, body: dict[str, Any], now: dt.datetime
+) -> tuple[str, ClaimToken]:
+    """A named claiming token (admin) from {"name", "expires_in", "max_uses",
+    "rooms", "labels", "ephemeral"}; its secret is returned only here."""
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    expires_in = body.get("expires_in")
+    if expires_in is not None and (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int)
+        or not 1 <= expires_in <= MAX_TOKEN_LIFETIME
+    ):
+        raise ValueError(f'"expires_in" must be 1 to {MAX_TOKEN_LIFETIME} seconds.')
+    max_uses = body.get("max_uses")
+    if max_uses is not None and (isinstance(max_uses, bool) or not isinstance(max_uses, int)):
+        raise ValueError('"max_uses" must be a whole number, or left out for no limit.')
+    ephemeral = body.get("ephemeral", False)
+    if not isinstance(ephemeral, bool):
+        raise ValueError('"ephemeral" must be true or false.')
+    token, row = claim_tokens.create(
+        s,
+        space.id,
+        body.get("name"),
+        actor.user_id,
+        expires_at=None if expires_in is None else now + dt.timedelta(seconds=expires_in),
+        max_uses=max_uses,
+        rooms=body.get("rooms"),
+        labels=body.get("labels"),
+        ephemeral=ephemeral,
+    )
+    log.info(
+        "claiming token %r (prefix %s) of space %s created by %s",
+        row.name,
+        row.prefix,
+        space.id,
+        actor.email,
+    )
+    return token, row
+
+
+def claim_token(s: Session, actor: Principal, space_id: str, ref: str) -> ClaimToken:
+    """A claiming token of the Space by id, prefix or name (admin), else NotFound."""
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    row = claim_tokens.find(s, space.id, ref)
+    if row is None:
+        raise NotFound("Claiming token")
+    return row
+
+
+def revoke_claim_token(s: Session, actor: Principal, space_id: str, ref: str) -> ClaimToken:
+    """Stop new claims with a token at once (admin); its nodes stay enrolled."""
+    row = claim_token(s, actor, space_id, ref)
+    if claim_tokens.revoke(s, row, actor.email):
+        log.info(
+            "claiming token %r (prefix %s) of space %s revoked by %s",
+            row.name,
+            row.prefix,
+            row.space_id,
+            actor.email,
+        )
+    return row
+
+
+def set_node_labels(
+    s: Session, actor: Principal, space_id: str, node_id: str, labels: object
+) -> Node:
+    """Replace the labels set in the Cloud on a node (manager); its rule rooms follow."""
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    found = node(s, space, node_id)
+    if label_store.set_source(s, found.id, "cloud", label_store.check_labels(labels)):
+        room_rules.apply_to_node(s, found.id, space.id)
+    return found
+
+
+def add_room_rule(
+    s: Session, actor: Principal, space_id: str, room_id: str, body: dict[str, Any]
+) -> RoomRule:
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    return room_rules.add_rule(s, room(s, space, room_id), body)
+
+
+def remove_room_rule(
+    s: Session, actor: Principal, space_id: str, room_id: str, rule_id: str
+) -> None:
+    space, _ = require_role(s, space_id, actor.user_id, "manager")
+    if not room_rules.remove_rule(s, room(s, space, room_id), rule_id):
+        raise NotFound("Room rule")

@@ -177,7 +177,10 @@ def describe_connect_error(
 
 
 def peer_certificate_issuer(
-    url: str, proxy: ProxyChoice | None, timeout: float = 5.0
+    url: str,
+    proxy: ProxyChoice | None,
+    timeout: float = 5.0,
+    proxy_ssl: ssl.SSLContext | None = None,
 ) -> str | None:
     """Fetch the server's certificate WITHOUT verifying it, only to name its
     issuer in an error message. Nothing is sent but a HEAD request."""
@@ -191,7 +194,7 @@ def peer_certificate_issuer(
         with (
             httpx.Client(
                 verify=ctx,
-                proxy=proxy.url if proxy is not None else None,
+                proxy=proxy.for_httpx(proxy_ssl) if proxy is not None else None,
                 trust_env=False,
                 timeout=timeout,
             ) as client,

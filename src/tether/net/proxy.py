@@ -1,7 +1,8 @@
 """The one proxy parser the claim command and the link share.
 
-A setting is `none`, `env`, `socks5://`, `socks5h://` or `http://`, each URL
-with optional `user:pass@` (percent-encoded characters are decoded once).
+A setting is `none`, `env`, `socks5://`, `socks5h://`, `http://` or `https://`
+(TLS to the proxy, then CONNECT), each URL with optional `user:pass@`
+(percent-encoded characters are decoded once).
 `resolve_proxy` turns a setting into a `ProxyChoice`: the exact URL to hand to
 httpx or websockets, and where it came from, so logs can say which proxy is in
 use (password masked) and why.
@@ -14,15 +15,19 @@ locally for `socks5://`. Both forms therefore work for claim and link.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-SCHEMES = ("socks5", "socks5h", "http")
-DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80}
+import httpx
+
+SCHEMES = ("socks5", "socks5h", "http", "https")
+DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80, "https": 443}
 ACCEPTED_FORMS = (
-    "none, env, socks5://[user:pass@]host:port, socks5h://[user:pass@]host:port "
-    "or http://[user:pass@]host:port"
+    "none, env, socks5://[user:pass@]host:port, socks5h://[user:pass@]host:port, "
+    "http://[user:pass@]host:port or https://[user:pass@]host:port"
 )
 # Checked in this order for `env`; https first because the Cloud is https.
 ENV_PROXY_VARS = (
@@ -43,7 +48,7 @@ class ProxyConfigError(ValueError):
 @dataclass(frozen=True)
 class ProxyChoice:
     url: str | None  # None: connect directly
-    kind: str  # "none", "socks5", "socks5h" or "http"
+    kind: str  # "none", "socks5", "socks5h", "http" or "https"
     source: str  # "-proxy", "[cloud] proxy in FILE", "environment variable X", ...
     host: str = ""
     port: int = 0
@@ -59,6 +64,24 @@ class ProxyChoice:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def for_httpx(self, proxy_ssl: ssl.SSLContext | None = None) -> httpx.Proxy | None:
+        """The proxy as httpx takes it; an https proxy's TLS uses `proxy_ssl`
+        (system CAs plus `cloud.d/proxy_ca.pem`, see `tether.net.tls`)."""
+        if self.url is None:
+            return None
+        if self.kind == "https":
+            return httpx.Proxy(self.url, ssl_context=proxy_ssl)
+        return httpx.Proxy(self.url)
+
+    def for_websockets(self, proxy_ssl: ssl.SSLContext | None = None) -> dict[str, Any]:
+        """`connect()` keyword arguments for websockets: it refuses `proxy_ssl`
+        for a plain proxy and needs it for an https one."""
+        if self.url is None:
+            return {"proxy": None}
+        if self.kind == "https":
+            return {"proxy": self.url, "proxy_ssl": proxy_ssl or ssl.create_default_context()}
+        return {"proxy": self.url}
 
 
 def direct(source: str) -> ProxyChoice:

@@ -2,8 +2,13 @@
 
 - `claimed_id`: the node's claim id (first line); present means claimed;
 - `cloud.conf`: INI, `[global] enabled = yes|no` (missing file or key: yes;
-  the words are `tether.node.config.parse_bool`'s) and `cloud base url = URL`;
-- `token`, `rooms`: a claiming token and War Rooms left for a later claim;
+  the words are `tether.node.config.parse_bool`'s), `cloud base url = URL`,
+  and what else the claim used so the link uses the same: `proxy` (a resolved
+  proxy URL or `none`, written only when the claim's proxy did not come from
+  tether.conf), `proxy source` (where the claim got it) and `insecure`;
+  mode 0600 when the proxy holds a password, else 0640;
+- `token`, `rooms`: a pending claim (a token and its War Rooms) left for a
+  later claim; the rooms go only with that token, and both go after a claim;
 - `private.pem`, `public.pem` (written by `tether.claim.keys`) and
   `cloud_fullchain.pem` (put there by the admin, read by `tether.net.tls`):
   their paths are in `tether.paths.AgentPaths`.
@@ -38,6 +43,11 @@ class ClaimState:
     enabled: bool
     claimed_id: str | None
     cloud_base_url: str | None
+    # What the claim used, kept for the link (None: [cloud] proxy of tether.conf).
+    proxy: str | None = None
+    proxy_source: str | None = None
+    insecure: bool = False
+    ca_fingerprint: str | None = None  # "sha256:HEX" when the claim pinned the CA
 
 
 def _read_text(path: Path) -> str | None:
@@ -96,6 +106,10 @@ def load_claim_state(paths: AgentPaths) -> ClaimState:
         enabled=cloud_enabled(conf),
         claimed_id=claimed_id,
         cloud_base_url=conf.get("cloud base url") or None,
+        proxy=conf.get("proxy") or None,
+        proxy_source=conf.get("proxy source") or None,
+        insecure=parse_bool(conf.get("insecure"), False),
+        ca_fingerprint=conf.get("ca fingerprint") or None,
     )
 
 
@@ -131,18 +145,41 @@ def ensure_cloud_dir(paths: AgentPaths) -> None:
         )
 
 
-def cloud_conf_text(url: str) -> str:
-    return f"[global]\n    enabled = yes\n    cloud base url = {url}\n"
+@dataclass(frozen=True)
+class KeptSettings:
+    """What a claim used besides the URL, written to cloud.conf for the link."""
+
+    proxy: str | None = None  # URL or "none"; None: the link reads tether.conf
+    proxy_source: str | None = None
+    insecure: bool = False
+    secret: bool = False  # the proxy URL holds a password: cloud.conf is 0600
+    ca_fingerprint: str | None = None  # pinned SHA-256 (hex) of the CA in cloud_fullchain.pem
 
 
-def write_claimed(paths: AgentPaths, node_id: str, url: str, rooms: list[str]) -> None:
+def cloud_conf_text(url: str, kept: KeptSettings | None = None) -> str:
+    lines = ["[global]", "    enabled = yes", f"    cloud base url = {url}"]
+    if kept is not None and kept.proxy is not None:
+        lines.append(f"    proxy = {kept.proxy}")
+        if kept.proxy_source:
+            lines.append(f"    proxy source = {kept.proxy_source}")
+    if kept is not None and kept.insecure:
+        lines.append("    insecure = yes")
+    if kept is not None and kept.ca_fingerprint:
+        lines.append(f"    ca fingerprint = sha256:{kept.ca_fingerprint}")
+    return "\n".join(lines) + "\n"
+
+
+def write_claimed(
+    paths: AgentPaths, node_id: str, url: str, kept: KeptSettings | None = None
+) -> None:
     """Record a successful claim. claimed_id goes last: it is what marks the node claimed."""
-    write_atomic(paths.cloud_conf_file, cloud_conf_text(url), mode=0o640)
-    if rooms:
-        write_atomic(paths.rooms_file, ",".join(rooms) + "\n", mode=0o640)
-    # The token did its job; a stored copy would only be a secret lying around.
-    with contextlib.suppress(FileNotFoundError):
-        paths.token_file.unlink()
+    mode = 0o600 if kept is not None and kept.secret else 0o640
+    write_atomic(paths.cloud_conf_file, cloud_conf_text(url, kept), mode=mode)
+    # The pending claim did its job; a stored token would only be a secret
+    # lying around, and its rooms belong to its Space only.
+    for done in (paths.token_file, paths.rooms_file):
+        with contextlib.suppress(FileNotFoundError):
+            done.unlink()
     write_atomic(paths.claimed_id_file, node_id + "\n", mode=0o640)
 
 

@@ -91,6 +91,11 @@ class AgentConfig:
         else:
             self._origins.pop((section, key), None)
 
+    def set_at_run_time(self, section: str, key: str) -> bool:
+        """True when `[section] key` was set by this process (an environment
+        variable), not read from the file."""
+        return (section, key) in self._origins
+
     def origin(self, section: str, key: str) -> str:
         """Where the value of `[section] key` came from, for messages."""
         if (section, key) in self._origins:

@@ -1,30 +1,35 @@
 """The agent's own cost: `tether.agent_cpu` (percent of one core, user and
-system) and `tether.agent_mem` (resident memory in MiB)."""
+system) and `tether.agent_mem` (resident memory in MiB).
+
+This is the agent's own process, not host data: it is read from this process's
+own view (getrusage, /proc/self), never under the host root, where the PID
+would be the container's and not the host's."""
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 
-import psutil
-
 from tether.agent.collectors.base import Collector
-from tether.agent.storage import Store
 
 MIB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def own_rss() -> int:
+    """Resident bytes of this process (/proc/self/statm, field 2 in pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
 
 
 class AgentSelfCollector(Collector):
     name = "agent_self"
 
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
-        self._proc = psutil.Process()
-
     def collect(self, t: int) -> None:
         now = time.monotonic()
-        with self._proc.oneshot():
-            cpu = self._proc.cpu_times()
-            rss = self._proc.memory_info().rss
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
+        rss = own_rss()
         self.store.chart(
             "tether.agent_cpu",
             "Tether agent CPU usage",
@@ -36,8 +41,8 @@ class AgentSelfCollector(Collector):
         ).store(
             t,
             {
-                "user": self.rate("user", cpu.user, now, 100.0),
-                "system": self.rate("system", cpu.system, now, 100.0),
+                "user": self.rate("user", cpu.ru_utime, now, 100.0),
+                "system": self.rate("system", cpu.ru_stime, now, 100.0),
             },
         )
         self.store.chart(

@@ -1,10 +1,9 @@
-"""What every collector shares: the store and counter-to-rate conversion."""
+"""What every collector shares: the store and counter-to-rate conversion.
+The host's files are read through `tether.agent.host`, never by path here."""
 
 from __future__ import annotations
 
 from tether.agent.storage import NAN, Store
-
-PROC = "/proc"
 
 
 class Collector:
@@ -25,8 +24,3 @@ class Collector:
         if prev is None or now <= prev[1] or counter < prev[0]:
             return NAN
         return (counter - prev[0]) / (now - prev[1]) * scale
-
-
-def read_text(path: str) -> str:
-    with open(path) as f:
-        return f.read()

@@ -4,7 +4,8 @@ is not a dimension (usage = sum of the dimensions), as in Netdata."""
 
 from __future__ import annotations
 
-from tether.agent.collectors.base import PROC, Collector, read_text
+from tether.agent import host
+from tether.agent.collectors.base import Collector
 from tether.agent.storage import NAN, Store
 
 STATES = (
@@ -30,7 +31,7 @@ class CpuCollector(Collector):
         self._last: dict[str, list[int]] = {}
 
     def collect(self, t: int) -> None:
-        for line in read_text(f"{PROC}/stat").splitlines():
+        for line in host.read_text("/proc/stat").splitlines():
             if not line.startswith("cpu"):
                 break
             parts = line.split()

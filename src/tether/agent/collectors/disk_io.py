@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tether.agent.collectors.base import PROC, Collector, read_text
+from tether.agent import host
+from tether.agent.collectors.base import Collector
 
 SKIP_PREFIXES = ("loop", "ram", "zram")
 
@@ -15,7 +16,7 @@ class DiskIoCollector(Collector):
 
     def collect(self, t: int) -> None:
         now = time.monotonic()
-        for line in read_text(f"{PROC}/diskstats").splitlines():
+        for line in host.read_text("/proc/diskstats").splitlines():
             f = line.split()
             if len(f) < 14 or f[2].startswith(SKIP_PREFIXES):
                 continue

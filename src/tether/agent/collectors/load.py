@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from tether.agent.collectors.base import PROC, Collector, read_text
+from tether.agent import host
+from tether.agent.collectors.base import Collector
 
 
 class LoadCollector(Collector):
     name = "load"
 
     def collect(self, t: int) -> None:
-        parts = read_text(f"{PROC}/loadavg").split()
+        parts = host.read_text("/proc/loadavg").split()
         chart = self.store.chart(
             "system.load",
             "System Load Average",

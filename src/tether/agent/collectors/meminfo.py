@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tether.agent.collectors.base import PROC, read_text
+from tether.agent import host
 
 
 def read_meminfo() -> dict[str, int]:
     """Field name to bytes."""
     out: dict[str, int] = {}
-    for line in read_text(f"{PROC}/meminfo").splitlines():
+    for line in host.read_text("/proc/meminfo").splitlines():
         key, _, rest = line.partition(":")
         fields = rest.split()
         if fields:

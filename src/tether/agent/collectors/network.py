@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tether.agent.collectors.base import PROC, Collector, read_text
+from tether.agent import host
+from tether.agent.collectors.base import Collector
 
 
 class NetworkCollector(Collector):
@@ -13,7 +14,7 @@ class NetworkCollector(Collector):
 
     def collect(self, t: int) -> None:
         now = time.monotonic()
-        for line in read_text(f"{PROC}/net/dev").splitlines()[2:]:
+        for line in host.read_text(host.proc_net("dev")).splitlines()[2:]:
             name, _, rest = line.partition(":")
             iface = name.strip()
             f = [int(x) for x in rest.split()]

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 
-from tether.agent.collectors.base import PROC, Collector, read_text
+from tether.agent import host
+from tether.agent.collectors.base import Collector
 
 
 class ProcessesCollector(Collector):
@@ -15,7 +15,7 @@ class ProcessesCollector(Collector):
 
     def collect(self, t: int) -> None:
         running = blocked = forks = 0
-        for line in read_text(f"{PROC}/stat").splitlines():
+        for line in host.read_text("/proc/stat").splitlines():
             if line.startswith("procs_running "):
                 running = int(line.split()[1])
             elif line.startswith("procs_blocked "):
@@ -31,7 +31,7 @@ class ProcessesCollector(Collector):
             ("running", "blocked"),
             priority=600,
         ).store(t, {"running": running, "blocked": blocked})
-        active = sum(1 for n in os.listdir(PROC) if n.isdigit())
+        active = sum(1 for n in host.listdir("/proc") if n.isdigit())
         s.chart(
             "system.active_processes",
             "System Active Processes",
@@ -40,7 +40,7 @@ class ProcessesCollector(Collector):
             ("active",),
             priority=601,
         ).store(t, {"active": active})
-        threads = int(read_text(f"{PROC}/loadavg").split()[3].split("/")[1])
+        threads = int(host.read_text("/proc/loadavg").split()[3].split("/")[1])
         s.chart(
             "system.threads", "System Threads", "threads", "processes", ("threads",), priority=602
         ).store(t, {"threads": threads})

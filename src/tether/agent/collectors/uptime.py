@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from tether.agent.collectors.base import PROC, Collector, read_text
+from tether.agent import host
+from tether.agent.collectors.base import Collector
 
 
 class UptimeCollector(Collector):
     name = "uptime"
 
     def collect(self, t: int) -> None:
-        uptime = float(read_text(f"{PROC}/uptime").split()[0])
+        uptime = float(host.read_text("/proc/uptime").split()[0])
         chart = self.store.chart(
             "system.uptime", "System Uptime", "seconds", "uptime", ("uptime",), priority=1000
         )

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, lazyload
 
 from tether.cloud import node_metadata as meta
+from tether.cloud.alerts import reachability
 from tether.cloud.db import Database
 from tether.cloud.link import processes
 from tether.cloud.models import Node, utcnow
@@ -144,6 +145,7 @@ def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
             "agent_version": hello.agent_version,
         },
     )
+    reachability.node_live(s, node)  # back: no alert, or its incident resolved
     return Connected(node.hostname, node.space_id, duplicate)
 
 
@@ -172,6 +174,7 @@ def go_offline(
         detail["expected_back_seconds"] = expected_back_seconds
     node_store.set_state(s, node, NodeState.OFFLINE, cause, session_id=session_id, detail=detail)
     node.link_process = None
+    reachability.node_offline(s, node, cause, cause_code, expected_back_seconds)  # grace starts
     return True
 
 
@@ -259,6 +262,7 @@ def db_reassert_live(db: Database, node_id: str, session_id: str, process_id: st
             session_id=session_id,
             detail={"cause_code": states.CAUSE_CONNECTED, "session_id": session_id},
         )
+        reachability.node_live(s, node)
         return True
 
 

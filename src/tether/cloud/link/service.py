@@ -132,6 +132,8 @@ class LinkService(Endpoint):
         if link is None or link.conn.state is not LinkState.READY:
             return False
         frame = Disconnect(code="admin", text=text, reconnect_after_seconds=delay)
+        # A planned absence: no reachability alert before the node is due back.
+        link.expected_back_seconds = delay
         await link.send(link.conn.send(frame))
         await link.close(
             CLOSE_NORMAL,

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from tether.cloud import node_list
 from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, SpaceMember, utcnow
 from tether.cloud.secrets import iso
 from tether.protocol.states import NodeState
@@ -233,3 +234,71 @@ def event_json(ev: NodeEvent) -> dict[str, Any]:
         "cause": ev.cause,
         "detail": json.loads(ev.detail) if ev.detail else None,
     }
+
+
+# --- the Nodes list (tether.cloud.node_list builds the statements) -----------
+
+
+def list_page(
+    s: Session, space_id: str, room_id: str | None, query: node_list.NodeQuery
+) -> tuple[list[Node], int]:
+    """One page of a Space's (or room's) nodes and how many match in all."""
+    found = list(s.scalars(node_list.page_select(space_id, room_id, query)))
+    if query.paged and (query.page > 1 or len(found) == query.per_page):
+        total = int(s.scalar(node_list.count_select(space_id, room_id, query)) or 0)
+    else:  # the whole answer is on this page: no second query
+        total = query.offset + len(found)
+    return found, total
+
+
+def facets(s: Session, space_id: str, room_id: str | None) -> dict[str, list[tuple[str, int]]]:
+    """OS and agent-version values present, with counts, for the filter menus
+    (the node_list.MAX_FACETS most common of each)."""
+    counts: dict[str, dict[str, int]] = {"os": {}, "agent_version": {}}
+    for os_name, version, n in s.execute(node_list.facet_select(space_id, room_id)):
+        for key, value in (("os", os_name), ("agent_version", version)):
+            if value is not None:
+                counts[key][value] = counts[key].get(value, 0) + int(n)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for key, c in counts.items():
+        common = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[: node_list.MAX_FACETS]
+        out[key] = sorted(common)  # shown in alphabetical order
+    return out
+
+
+def shared_hostnames(s: Session, space_id: str, hostnames: list[str]) -> set[str]:
+    """Which of these hostnames more than one node of the Space has."""
+    if not hostnames:
+        return set()
+    return set(
+        s.scalars(
+            select(Node.hostname)
+            .where(Node.space_id == space_id, Node.hostname.in_(set(hostnames)))
+            .group_by(Node.hostname)
+            .having(func.count(Node.id) > 1)
+        )
+    )
+
+
+def expected_back(s: Session, nodes: list[Node]) -> dict[str, dt.datetime]:
+    """When offline nodes said they would be back (their Goodbye's
+    expected_back_seconds, kept on the state event that took them offline)."""
+    by_id = {n.id: n for n in nodes if n.state == NodeState.OFFLINE.value}
+    offline = list(by_id)
+    if not offline:
+        return {}
+    last = (
+        select(func.max(NodeEvent.id))
+        .where(NodeEvent.node_id.in_(offline), NodeEvent.kind == "state")
+        .group_by(NodeEvent.node_id)
+    )
+    out: dict[str, dt.datetime] = {}
+    for ev in s.scalars(select(NodeEvent).where(NodeEvent.id.in_(last))):
+        try:
+            seconds = json.loads(ev.detail or "{}").get("expected_back_seconds")
+        except (ValueError, AttributeError):
+            continue
+        if ev.state == NodeState.OFFLINE.value and isinstance(seconds, int | float):
+            since = _aware(by_id[ev.node_id].state_since)  # when it went offline
+            out[ev.node_id] = since + dt.timedelta(seconds=float(seconds))
+    return out

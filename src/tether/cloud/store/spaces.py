@@ -77,6 +77,10 @@ def require_role(
 def check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
         raise ValueError(f"{what} name must be 1 to 200 characters")
+    # Control characters (NUL above all, which PostgreSQL refuses in text) are
+    # never part of a name someone meant to type.
+    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise ValueError(f"{what} name must not contain control characters")
     return name.strip()
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tether.cloud.web import connect, invitations, manage, pages
+from tether.cloud import downloads
+from tether.cloud.web import connect, invitations, live, manage, node_link, pages, tokens
+from tether.cloud.web import room_rules as rules_page
 from tether.cloud.web.common import STATIC, VENDOR, SecureStatic
 
 
@@ -30,6 +32,7 @@ def routes() -> list[BaseRoute]:
         Route(sp, pages.space_home, methods=get),
         Route(room, pages.room_page, methods=get),
         Route(room + "/nodes.json", pages.room_nodes_json, methods=get),
+        Route(room + "/events", live.room_events, methods=get),
         Route(room + "/add", pages.add_nodes_form, methods=get),
         Route(room + "/add", pages.add_nodes, methods=post),
         Route(node, pages.node_page, methods=get),
@@ -46,8 +49,16 @@ def routes() -> list[BaseRoute]:
         Route(room + "/rename", manage.rename_room, methods=post),
         Route(room + "/delete", manage.delete_room, methods=post),
         Route(sp + "/token/rotate", manage.rotate_token, methods=post),
+        Route(sp + "/claim-tokens", tokens.tokens_page, methods=get),
+        Route(sp + "/claim-tokens", tokens.create_token, methods=post),
+        Route(sp + "/claim-tokens/{token_id}/revoke", tokens.revoke_token, methods=post),
+        Route(room + "/rules", rules_page.rules_page, methods=get),
+        Route(room + "/rules", rules_page.add_rule, methods=post),
+        Route(room + "/rules/{rule_id}/remove", rules_page.remove_rule, methods=post),
         Route("/ca.pem", connect.ca_pem, methods=get),
         Route("/kickstart.sh", connect.kickstart, methods=get),
+        *downloads.routes(),
+        Route("/nodes/{node_id}", node_link.node_by_id, methods=get),
         Mount("/ui/static", app=SecureStatic(StaticFiles(directory=STATIC))),
         Mount("/ui/vendor", app=SecureStatic(StaticFiles(directory=VENDOR))),
     ]

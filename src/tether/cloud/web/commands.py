@@ -1,13 +1,20 @@
 """The copy-ready commands of the Connect Nodes page, one per environment.
 
-Pure functions of (Cloud URL, token, rooms, CA): easy to test, and the only
-place that knows how each environment claims a node.
+Pure functions of (Cloud URL, token, rooms, CA, proxy): easy to test, and the
+only place that knows how each environment claims a node. `scripts/quickstart`
+prints the Linux ones. The Kubernetes manifest shown is `tether-agent.yaml`
+next to this file, byte for byte the one in `packaging/kubernetes/`.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.net.proxy import SCHEMES, ProxyConfigError, parse_proxy_url
 
 ENVIRONMENTS: dict[str, str] = {
     "linux": "Linux",
@@ -18,8 +25,18 @@ ENVIRONMENTS: dict[str, str] = {
     "kubernetes": "Kubernetes",
 }
 LIB_DIR = "/var/lib/tether"
+LOG_DIR = "/var/log/tether"
 IMAGE = "tether/agent:latest"
 CA_NAME = "tether-ca.pem"
+# Containers read the host's /proc, /sys and os-release from here.
+HOST_ROOT = "/host"
+HOST_MOUNTS = ("/proc", "/sys", "/etc/os-release")
+K8S_NAMESPACE = "tether"
+K8S_SECRET = "tether-claim"  # noqa: S105 (the Secret's name, not a secret)
+K8S_CA_CONFIGMAP = "tether-ca"
+K8S_MANIFEST_NAME = "tether-agent.yaml"
+K8S_MANIFEST = Path(__file__).with_name(K8S_MANIFEST_NAME)
+_YAML_PLAIN = re.compile(r"[A-Z_]+=[A-Za-z0-9_=:/.,@%+\-\[\]]*")
 
 
 @dataclass(frozen=True)
@@ -50,62 +67,303 @@ def q(value: str) -> str:
     return shlex.quote(value)
 
 
+def proxy_forms() -> str:
+    """The proxy kinds tether-claim accepts, for the page's placeholder and errors."""
+    examples = {
+        "socks5": "socks5://proxy:1080",
+        "socks5h": "socks5h://user:pass@proxy:1080",
+        "http": "http://proxy:3128",
+        "https": "https://proxy:3129",
+    }
+    return ", ".join(examples.get(s, f"{s}://proxy:port") for s in SCHEMES) + ", env or none"
+
+
+# What a proxy given on the page is used for, per environment (the claim
+# settings of containers are also the agent's settings at every start).
+_PROXY_USE_CLAIM = (
+    "The claim uses it and the node keeps it (cloud.d/cloud.conf), so its link goes "
+    "through the same proxy; kickstart also downloads the agent through it."
+)
+_PROXY_USE_CONTAINER = (
+    "TETHER_CLAIM_PROXY: the claim uses it, and the agent uses it for its link at every start."
+)
+
+
+def proxy_use(environment: str) -> str:
+    """What the proxy typed on the page is used for, in `environment`."""
+    if environment in ("docker-run", "docker-compose", "kubernetes"):
+        return _PROXY_USE_CONTAINER
+    return _PROXY_USE_CLAIM
+
+
+def check_proxy(proxy: str) -> str:
+    """The proxy as typed, if tether-claim (and so the agent's link) accepts it;
+    else ValueError saying what is accepted. The check is tether.net.proxy's
+    own parser, so the page offers exactly what the claim takes."""
+    proxy = proxy.strip()
+    if proxy in ("", "none", "env"):
+        return proxy
+    if any(c.isspace() for c in proxy):
+        raise ValueError(f"a proxy URL has no spaces; use {proxy_forms()}")
+    try:
+        parse_proxy_url(proxy, "typed here")
+    except ProxyConfigError as exc:
+        scheme = proxy.split("://", 1)[0].lower() if "://" in proxy else ""
+        if scheme == "https":
+            raise ValueError(
+                "tether-claim does not support HTTPS proxies (TLS to the proxy) yet; "
+                f"use {proxy_forms()}"
+            ) from None
+        raise ValueError(f"{exc}".replace("proxy setting", "the proxy", 1)) from None
+    return proxy
+
+
 def _ca_download(ca: CloudCa) -> Step:
     # -k only for this one download: the fingerprint check right after is what
-    # establishes trust, as with any self-signed CA fetched over the network.
+    # establishes trust, as with any self-signed CA fetched over the network. A
+    # CA that does not match is deleted, so no later step can use it. OpenSSL
+    # 1.1 prints "SHA256 Fingerprint=", 3.x "sha256 Fingerprint=": -i.
     text = (
         f"curl -fsSk -o {CA_NAME} {q(ca.url)}\n"
-        f"openssl x509 -in {CA_NAME} -noout -fingerprint -sha256\n"
-        f"# must print: SHA256 Fingerprint={ca.sha256}"
+        f"openssl x509 -in {CA_NAME} -noout -fingerprint -sha256 \\\n"
+        f"  | grep -qix {q('sha256 Fingerprint=' + ca.sha256)} && echo 'CA fingerprint OK' \\\n"
+        f"  || {{ echo 'Wrong CA (not this Cloud): stop here' >&2; rm -f {CA_NAME}; }}"
     )
     return Step(
         "Trust this Cloud's private CA",
         text,
-        note="This Cloud uses its own certificate authority. Download it and compare the "
-        "fingerprint with the one printed here before you go on; stop if they differ.",
+        note="This Cloud uses its own certificate authority, SHA-256 fingerprint "
+        f"{ca.sha256}. The download is kept only if its fingerprint is that one.",
     )
 
 
-def _ca_install(lib_dir: str) -> str:
-    return f"sudo install -D -m 0644 {CA_NAME} {lib_dir}/cloud.d/cloud_fullchain.pem"
+KICKSTART_FILE = "/tmp/tether-kickstart.sh"  # noqa: S108 (the node's shell, not ours)
+
+
+CA_FILE = "/tmp/tether-ca.pem"  # noqa: S108 (the node's shell, not ours)
 
 
 def _kickstart(
     url: str, token: str, rooms: str, ca: CloudCa | None, proxy: str, extra: str = ""
 ) -> str:
-    fetch = f"curl -Ss --cacert {CA_NAME}" if ca else "curl -Ss"
+    """Download kickstart.sh (through the proxy, if any), then run it.
+
+    With a private CA, nothing is trusted before the CA is: the CA is
+    downloaded with -k and kept only if its SHA-256 is the one this command
+    carries; kickstart.sh itself is then fetched over TLS verified against
+    that CA (a script fetched with -k could have been changed on the way),
+    and kickstart checks the CA again before it installs anything."""
+    fetch = "curl -fsS"
+    # The first downloads go the way the claim will: curl takes the same
+    # proxy URLs, reads the *_proxy variables itself (env), or none.
+    if proxy == "none":
+        fetch += " --noproxy '*'"
+    elif proxy and proxy != "env":
+        fetch += f" -x {q(proxy)}"
     rooms_arg = f" --claim-rooms {q(rooms)}" if rooms else ""
     proxy_arg = f" --claim-proxy {q(proxy)}" if proxy else ""
+    claim = f" --claim-token {q(token)}{rooms_arg} --claim-url {q(url)}{proxy_arg}"
+    if ca is None:
+        return (
+            f"{fetch} -o {KICKSTART_FILE} {q(url + '/kickstart.sh')} && "
+            f"bash {KICKSTART_FILE}{extra}{claim}"
+        )
+    # OpenSSL 1.1 prints "SHA256 Fingerprint=", 3.x "sha256 Fingerprint=": -i.
+    expected = q("sha256 Fingerprint=" + ca.sha256)
     return (
-        f"bash <({fetch} {q(url + '/kickstart.sh')}){extra} --claim-token {q(token)}"
-        f"{rooms_arg} --claim-url {q(url)}{proxy_arg}"
+        f"{fetch} -k -o {CA_FILE} {q(ca.url)} && "
+        f"{{ openssl x509 -in {CA_FILE} -noout -fingerprint -sha256 | grep -qix {expected} "
+        f"|| {{ echo 'Wrong CA: this is not your Cloud. Stop.' >&2; false; }}; }} && "
+        f"{fetch} --cacert {CA_FILE} -o {KICKSTART_FILE} {q(url + '/kickstart.sh')} && "
+        f"bash {KICKSTART_FILE}{extra} --claim-ca-file {CA_FILE} "
+        f"--claim-ca-fingerprint {q(ca.sha256)}{claim}"
     )
 
 
 def claim_command(
-    url: str, token: str, rooms: str, proxy: str = "", program: str = "tether-claim"
+    url: str,
+    token: str,
+    rooms: str,
+    proxy: str = "",
+    program: str = "tether-claim",
+    ca: CloudCa | None = None,
 ) -> str:
     rooms_arg = f" -rooms={q(rooms)}" if rooms else ""
+    ca_arg = f" -ca-fingerprint={q('sha256:' + ca.sha256)}" if ca else ""
     proxy_arg = f" -proxy={q(proxy)}" if proxy else ""
-    return f"{program} -token={q(token)}{rooms_arg} -url={q(url)}{proxy_arg}"
+    return f"{program} -token={q(token)}{rooms_arg} -url={q(url)}{ca_arg}{proxy_arg}"
 
 
-PROXY_SCHEMES = ("socks5://", "socks5h://", "http://", "https://")
+def kubernetes_manifest() -> str:
+    return K8S_MANIFEST.read_text()
 
 
-def check_proxy(proxy: str) -> str:
-    """The proxy as typed, if it is a form tether-claim accepts; else ValueError."""
-    proxy = proxy.strip()
-    if proxy in ("", "none", "env"):
-        return proxy
-    if (
-        proxy.startswith(PROXY_SCHEMES)
-        and proxy.split("://", 1)[1]
-        and not any(c.isspace() for c in proxy)
-    ):
-        return proxy
-    raise ValueError(
-        "the proxy must be none, env, socks5://, socks5h:// or http://[user:pass@]host:port"
+def _host_mounts(fmt: str) -> list[str]:
+    return [fmt.format(src=p, dst=HOST_ROOT + p) for p in HOST_MOUNTS]
+
+
+def _native(
+    out: Instructions, environment: str, args: tuple[str, str, str, str], ca: CloudCa | None
+) -> None:
+    url, token, rooms, proxy = args
+    # macOS: under /usr/local, which an admin user may write without sudo.
+    extra = "" if environment == "linux" else " --install /usr/local/tether --prefix /usr/local"
+    out.steps.append(
+        Step(
+            "Install the agent from this Cloud, start it and connect the node",
+            _kickstart(url, token, rooms, ca, proxy, extra),
+            note="Run it as root (or add --install DIR for an unprivileged install). It "
+            "installs from this Cloud only, starts the agent as a service and prints: "
+            "Agent was successfully claimed.",
+        )
+    )
+    program = "tether-claim" if environment == "linux" else "tether-claim --prefix /usr/local"
+    out.direct = claim_command(url, token, rooms, proxy, program, ca)
+    out.steps.append(Step("Or, where the agent is already installed, claim directly", out.direct))
+
+
+def _docker_run(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
+    url, token, rooms, proxy = args
+    if ca:
+        out.steps.append(_ca_download(ca))
+    lines = [
+        "docker run -d --name=tether \\",
+        "  -p 19999:19999 \\",
+        "  -v tetherconfig:/etc/tether \\",
+        f"  -v tetherlib:{LIB_DIR} \\",
+        f"  -v tetherlog:{LOG_DIR} \\",
+    ]
+    if ca:
+        lines.append(f'  -v "$PWD/{CA_NAME}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro" \\')
+    lines += _host_mounts("  -v {src}:{dst}:ro \\")
+    lines += [
+        "  --restart unless-stopped \\",
+        f"  -e TETHER_HOST_ROOT={HOST_ROOT} \\",
+        f"  -e TETHER_CLAIM_TOKEN={q(token)} \\",
+        f"  -e TETHER_CLAIM_URL={q(url)} \\",
+    ]
+    if rooms:
+        lines.append(f"  -e TETHER_CLAIM_ROOMS={q(rooms)} \\")
+    if proxy:
+        lines.append(f"  -e TETHER_CLAIM_PROXY={q(proxy)} \\")
+    lines.append(f"  {IMAGE}")
+    out.steps.append(
+        Step(
+            "Start the agent container; it connects itself on first start",
+            "\n".join(lines),
+            note=f"Keep the {LIB_DIR} volume: it holds the node's identity, so restarts "
+            "do not create new nodes.",
+        )
+    )
+
+
+def _yaml_value(value: str) -> str:
+    """A compose list item: plain when YAML reads it back as typed, else
+    double-quoted (a JSON string is valid YAML), e.g. for a '#' in a password."""
+    return value if _YAML_PLAIN.fullmatch(value) else json.dumps(value)
+
+
+def _docker_compose(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
+    url, token, rooms, proxy = args
+    if ca:
+        out.steps.append(_ca_download(ca))
+    vols = [
+        "      - tetherconfig:/etc/tether",
+        f"      - tetherlib:{LIB_DIR}",
+        f"      - tetherlog:{LOG_DIR}",
+    ]
+    if ca:
+        vols.append(f"      - ./{CA_NAME}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro")
+    vols += _host_mounts("      - {src}:{dst}:ro")
+    env = [
+        f"      - TETHER_HOST_ROOT={HOST_ROOT}",
+        f"      - {_yaml_value('TETHER_CLAIM_TOKEN=' + token)}",
+        f"      - {_yaml_value('TETHER_CLAIM_URL=' + url)}",
+    ]
+    if rooms:
+        env.append(f"      - {_yaml_value('TETHER_CLAIM_ROOMS=' + rooms)}")
+    if proxy:
+        env.append(f"      - {_yaml_value('TETHER_CLAIM_PROXY=' + proxy)}")
+    text = "\n".join(
+        [
+            "services:",
+            "  tether:",
+            f"    image: {IMAGE}",
+            "    container_name: tether",
+            "    hostname: example.com  # this node's name in the Cloud",
+            "    ports:",
+            "      - 19999:19999",
+            "    restart: unless-stopped",
+            "    volumes:",
+            *vols,
+            "    environment:",
+            *env,
+            "volumes:",
+            "  tetherconfig:",
+            "  tetherlib:",
+            "  tetherlog:",
+        ]
+    )
+    out.steps.append(Step("Save as docker-compose.yml", text, language="yaml"))
+    out.steps.append(Step("Start it", "docker compose up -d"))
+
+
+def _docker_exec(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
+    url, token, rooms, proxy = args
+    out.direct = claim_command(url, token, rooms, proxy, ca=ca)
+    out.steps.append(
+        Step(
+            "Connect a running agent container (replace tether with its name)",
+            f"docker exec -it tether {out.direct}",
+            note="It prints: Agent was successfully claimed.",
+        )
+    )
+
+
+def _kubernetes(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
+    url, token, rooms, proxy = args
+    literals = [f"token={token}", f"url={url}"]
+    if rooms:
+        literals.append(f"rooms={rooms}")
+    if proxy:
+        literals.append(f"proxy={proxy}")
+    secret = [
+        f"kubectl create namespace {K8S_NAMESPACE}",
+        f"kubectl -n {K8S_NAMESPACE} create secret generic {K8S_SECRET} \\",
+        *[f"  --from-literal={q(v)} \\" for v in literals],
+    ]
+    secret[-1] = secret[-1].removesuffix(" \\")
+    out.steps.append(
+        Step(
+            "Create the namespace and the claim settings (a Secret you own)",
+            "\n".join(secret),
+            note="The manifest reads the token, URL, rooms and proxy from this Secret and "
+            "holds none of them, so applying it again never overwrites them.",
+        )
+    )
+    if ca:
+        step = _ca_download(ca)
+        step.text += (
+            f"\nkubectl -n {K8S_NAMESPACE} create configmap {K8S_CA_CONFIGMAP} "
+            f"--from-file=cloud_fullchain.pem={CA_NAME}"
+        )
+        out.steps.append(step)
+    out.steps.append(
+        Step(
+            f"Save as {K8S_MANIFEST_NAME}",
+            kubernetes_manifest().rstrip("\n"),
+            language="yaml",
+            note="The same file as packaging/kubernetes/tether-agent.yaml: one agent per "
+            "Kubernetes node (a DaemonSet), its identity on the node's disk under its node "
+            "name, so a pod never claims again.",
+        )
+    )
+    out.steps.append(
+        Step(
+            "Apply it",
+            f"kubectl apply -f {K8S_MANIFEST_NAME}\n"
+            f"kubectl -n {K8S_NAMESPACE} rollout status daemonset/tether-agent",
+        )
     )
 
 
@@ -122,165 +380,16 @@ def build(
     proxy = check_proxy(proxy)
     if environment not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {environment!r}")
-    rooms = ",".join(room_ids)
+    args = (url, token, ",".join(room_ids), proxy)
     out = Instructions(environment)
     if environment in ("linux", "macos"):
-        lib_dir = LIB_DIR if environment == "linux" else "/usr/local/var/lib/tether"
-        extra = "" if environment == "linux" else " --prefix /usr/local"
-        if ca:
-            step = _ca_download(ca)
-            step.text += "\n" + _ca_install(lib_dir)
-            out.steps.append(step)
-        out.steps.append(
-            Step(
-                "Install the agent if needed and connect the node",
-                _kickstart(url, token, rooms, ca, proxy, extra),
-                note="Run it as root or as the user the agent runs as. "
-                "It prints: Agent was successfully claimed.",
-            )
-        )
-        direct = claim_command(url, token, rooms, proxy)
-        if environment == "macos":
-            direct = claim_command(url, token, rooms, proxy, "tether-claim --prefix /usr/local")
-        out.direct = direct
-        out.steps.append(
-            Step(
-                "Or, where the agent is already installed, claim directly",
-                direct,
-            )
-        )
+        _native(out, environment, args, ca)
     elif environment == "docker-run":
-        if ca:
-            out.steps.append(_ca_download(ca))
-        lines = [
-            "docker run -d --name=tether \\",
-            "  -p 19999:19999 \\",
-            "  -v tetherconfig:/etc/tether \\",
-            f"  -v tetherlib:{LIB_DIR} \\",
-        ]
-        if ca:
-            lines.append(f'  -v "$PWD/{CA_NAME}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro" \\')
-        lines += [
-            "  -v /proc:/host/proc:ro \\",
-            "  -v /sys:/host/sys:ro \\",
-            "  -v /etc/os-release:/host/etc/os-release:ro \\",
-            "  --restart unless-stopped \\",
-            f"  -e TETHER_CLAIM_TOKEN={q(token)} \\",
-            f"  -e TETHER_CLAIM_URL={q(url)} \\",
-        ]
-        if rooms:
-            lines.append(f"  -e TETHER_CLAIM_ROOMS={q(rooms)} \\")
-        if proxy:
-            lines.append(f"  -e TETHER_CLAIM_PROXY={q(proxy)} \\")
-        lines.append(f"  {IMAGE}")
-        out.steps.append(
-            Step(
-                "Start the agent container; it connects itself on first start",
-                "\n".join(lines),
-                note=f"Keep the {LIB_DIR} volume: it holds the node's identity, so restarts "
-                "do not create new nodes.",
-            )
-        )
+        _docker_run(out, args, ca)
     elif environment == "docker-compose":
-        if ca:
-            out.steps.append(_ca_download(ca))
-        vols = [
-            "      - tetherconfig:/etc/tether",
-            f"      - tetherlib:{LIB_DIR}",
-        ]
-        if ca:
-            vols.append(f"      - ./{CA_NAME}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro")
-        vols += [
-            "      - /proc:/host/proc:ro",
-            "      - /sys:/host/sys:ro",
-            "      - /etc/os-release:/host/etc/os-release:ro",
-        ]
-        env = [
-            f"      - TETHER_CLAIM_TOKEN={token}",
-            f"      - TETHER_CLAIM_URL={url}",
-        ]
-        if rooms:
-            env.append(f"      - TETHER_CLAIM_ROOMS={rooms}")
-        if proxy:
-            env.append(f"      - TETHER_CLAIM_PROXY={proxy}")
-        text = "\n".join(
-            [
-                "services:",
-                "  tether:",
-                f"    image: {IMAGE}",
-                "    container_name: tether",
-                "    hostname: example.com  # this node's name in the Cloud",
-                "    ports:",
-                "      - 19999:19999",
-                "    restart: unless-stopped",
-                "    volumes:",
-                *vols,
-                "    environment:",
-                *env,
-                "volumes:",
-                "  tetherconfig:",
-                "  tetherlib:",
-            ]
-        )
-        out.steps.append(Step("Save as docker-compose.yml", text, language="yaml"))
-        out.steps.append(Step("Start it", "docker compose up -d"))
+        _docker_compose(out, args, ca)
     elif environment == "docker-exec":
-        if ca:
-            step = _ca_download(ca)
-            step.text += f"\ndocker cp {CA_NAME} tether:{LIB_DIR}/cloud.d/cloud_fullchain.pem"
-            out.steps.append(step)
-        direct = claim_command(url, token, rooms, proxy)
-        out.direct = direct
-        out.steps.append(
-            Step(
-                "Connect a running agent container (replace tether with its name)",
-                f"docker exec -it tether {direct}",
-                note="It prints: Agent was successfully claimed.",
-            )
-        )
-    else:  # kubernetes
-        if ca:
-            step = _ca_download(ca)
-            step.text += (
-                f"\nkubectl create configmap tether-ca --from-file=cloud_fullchain.pem={CA_NAME}"
-            )
-            out.steps.append(step)
-        out.steps.append(
-            Step(
-                "Store the claiming token in a Secret",
-                f"kubectl create secret generic tether-claim --from-literal=token={q(token)}",
-            )
-        )
-        env = [
-            "env:",
-            "  - name: TETHER_CLAIM_TOKEN",
-            "    valueFrom:",
-            "      secretKeyRef: {name: tether-claim, key: token}",
-            "  - name: TETHER_CLAIM_URL",
-            f"    value: {url!s}",
-        ]
-        if rooms:
-            env += ["  - name: TETHER_CLAIM_ROOMS", f'    value: "{rooms}"']
-        if proxy:
-            env += ["  - name: TETHER_CLAIM_PROXY", f'    value: "{proxy}"']
-        env += [
-            "volumeMounts:",
-            "  - name: tetherlib  # a PersistentVolumeClaim: the node's identity lives here",
-            f"    mountPath: {LIB_DIR}",
-        ]
-        if ca:
-            env += [
-                "  - name: tether-ca",
-                f"    mountPath: {LIB_DIR}/cloud.d/cloud_fullchain.pem",
-                "    subPath: cloud_fullchain.pem",
-            ]
-        out.steps.append(
-            Step(
-                "Add to the agent container of your parent pod's manifest",
-                "\n".join(env),
-                language="yaml",
-                note="Use a PersistentVolumeClaim for tetherlib: without it every pod restart "
-                "would claim a new node.",
-            )
-        )
+        _docker_exec(out, args, ca)
+    else:
+        _kubernetes(out, args, ca)
     return out

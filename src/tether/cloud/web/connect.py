@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 
+from tether.cloud import address
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import spaces as space_store
-from tether.cloud.tls import cert_sha256
+from tether.cloud.tls import cert_sha256, server_names
 from tether.cloud.web import commands
 from tether.cloud.web.common import in_db, member_space, nav, page, render, secure, signed_in
 
@@ -35,11 +36,36 @@ def _fingerprint(path: Path, mtime: float) -> str:
     return cert_sha256(path)
 
 
-def private_ca(settings: CloudSettings) -> commands.CloudCa | None:
+@functools.lru_cache(maxsize=8)
+def _names(path: Path, mtime: float) -> tuple[str, ...]:
+    del mtime  # part of the cache key only
+    return tuple(server_names(path))
+
+
+def served_names(settings: CloudSettings) -> tuple[str, ...] | None:
+    """The names the certificate this Cloud serves is valid for (None: plain HTTP)."""
+    path = settings.served_cert_file
+    if path is None or not path.is_file():
+        return None
+    try:
+        return _names(path, path.stat().st_mtime)
+    except ValueError:
+        return None
+
+
+def private_ca(settings: CloudSettings, url: str) -> commands.CloudCa | None:
     path = private_ca_file(settings)
     if path is None:
         return None
-    return commands.CloudCa(f"{settings.url}/ca.pem", _fingerprint(path, path.stat().st_mtime))
+    return commands.CloudCa(f"{url}/ca.pem", _fingerprint(path, path.stat().st_mtime))
+
+
+def cloud_url(request: Request) -> str:
+    """The Cloud URL for the commands: --public-url, else the address this page
+    was asked through."""
+    settings: CloudSettings = request.app.state.settings
+    host = request.headers.get("host", "")
+    return address.url_for_page(settings.public_url, settings.scheme, host, settings.url)
 
 
 @page
@@ -70,7 +96,8 @@ async def connect_page(request: Request) -> Response:
         return ctx
 
     ctx = await in_db(request, load, write=True)  # ensure() may create the first token
-    ca = private_ca(settings)
+    url = cloud_url(request)
+    ca = private_ca(settings, url)
     proxy, proxy_error = request.query_params.get("proxy", "").strip(), ""
     try:
         commands.check_proxy(proxy)
@@ -80,13 +107,14 @@ async def connect_page(request: Request) -> Response:
         environments=commands.ENVIRONMENTS,
         environment=environment,
         ca=ca,
-        cloud_url=settings.url,
+        cloud_url=url,
+        address_warnings=address.warnings(url, served_names(settings), on_page=True),
         proxy=proxy,
         proxy_error=proxy_error,
         proxy_typed=request.query_params.get("proxy", ""),
-        instructions=commands.build(
-            environment, settings.url, ctx.pop("token"), ctx["selected"], ca, proxy
-        ),
+        proxy_forms=commands.proxy_forms(),
+        proxy_use=commands.proxy_use(environment),
+        instructions=commands.build(environment, url, ctx.pop("token"), ctx["selected"], ca, proxy),
     )
     return render(request, "connect.html", ctx)
 

@@ -6,23 +6,26 @@ import datetime as dt
 import hmac
 import json
 from typing import Any
+from urllib.parse import urlencode
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.cloud import auth, space_ops
+from tether.cloud import auth, node_list, space_ops
 from tether.cloud.auth import Principal
 from tether.cloud.client import client_address
 from tether.cloud.errors import ApiError
-from tether.cloud.models import Node, utcnow
+from tether.cloud.models import Node, NodeRoom, utcnow
 from tether.cloud.secrets import aware, iso
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.cloud.store import users as user_store
 from tether.cloud.web.common import (
     LOGIN_CSRF_COOKIE,
+    UiError,
     field,
     form_of,
     in_db,
@@ -48,14 +51,35 @@ def safe_next(value: str | None) -> str:
     return "/"
 
 
-def node_view(node: Node, space_id: str) -> dict[str, Any]:
+def node_view(
+    node: Node,
+    space_id: str,
+    *,
+    shared_name: bool = False,
+    expected_back: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """A node as the pages show it. All of it is node-supplied text rendered
+    as text (Jinja autoescape, textContent in nodes.js), never as HTML.
+    `shared_name`: another node of the Space has the same hostname, so the
+    view adds a short id to tell them apart."""
+    details = [f"id {node.id}"]
+    if node.last_address:
+        details.append(f"connected from {node.last_address}")
+    if node.machine_id:
+        details.append(f"machine-id {node.machine_id[:12]}")
+    if node.os:
+        details.append(node.os)
     return {
         "id": node.id,
         "hostname": node.hostname,
+        "short_id": node.id[:8] if shared_name else "",
+        "host_details": "; ".join(details),
         "state": node.state,
         "unreachable": node.state != NodeState.LIVE,
         "state_since": iso(node.state_since),
         "state_cause": node.state_cause or "",
+        "last_seen_at": iso(node.last_seen_at) if node.last_seen_at else "",
+        "expected_back_at": iso(expected_back) if expected_back else "",
         "os": node.os or "",
         "agent_version": node.agent_version or "",
         "rooms": sorted(r.name for r in node.rooms if not r.is_all_nodes),
@@ -214,26 +238,78 @@ async def space_home(request: Request) -> Response:
     return redirect(f"/spaces/{space_id}/rooms/{room_id}")
 
 
-def room_nodes(s: Session, user: Principal, space_id: str, room_id: str) -> dict[str, Any]:
+def node_query(request: Request) -> node_list.NodeQuery:
+    """The Nodes view's search, filters, sort and page from the URL."""
+    params = request.query_params
+    return node_list.parse({k: params.getlist(k) for k in params})
+
+
+def room_nodes(
+    s: Session,
+    user: Principal,
+    space_id: str,
+    room_id: str,
+    query: node_list.NodeQuery,
+    with_facets: bool = True,
+) -> dict[str, Any]:
+    """One page of a room's nodes, searched, filtered and sorted in the database;
+    `with_facets`: also the filter menus' values (a scan of the whole room)."""
     space, role = member_space(s, user, space_id)
     room = space_ops.room(s, space, room_id)
-    nodes = [node_view(n, space.id) for n in node_store.of_room(s, room.id)]
-    return {"space": space, "role": role, "room": room, "nodes": nodes}
+    # The all-nodes room holds every node of its Space (no node may leave it):
+    # no room condition then, which spares a look-up per node.
+    scope = None if room.is_all_nodes else room.id
+    found, total = node_store.list_page(s, space.id, scope, query)
+    shared = node_store.shared_hostnames(s, space.id, [n.hostname for n in found])
+    back = node_store.expected_back(s, found)
+    nodes = [
+        node_view(n, space.id, shared_name=n.hostname in shared, expected_back=back.get(n.id))
+        for n in found
+    ]
+    facets = node_store.facets(s, space.id, scope) if with_facets else {}
+    listing = {
+        "nodes": nodes,
+        "total": total,
+        "page": query.page,
+        "per_page": query.per_page,
+        "pages": max(1, -(-total // query.per_page)),
+        "facets": {k: [{"value": v, "count": n} for v, n in rows] for k, rows in facets.items()}
+        or None,
+        # The room has nodes at all (an empty search is not an empty room).
+        "room_has_nodes": total > 0 or (bool(query.params()) and _room_has_nodes(s, room.id)),
+    }
+    return {"space": space, "role": role, "room": room, "listing": listing}
+
+
+def _room_has_nodes(s: Session, room_id: str) -> bool:
+    return (
+        s.scalar(select(NodeRoom.node_id).where(NodeRoom.room_id == room_id).limit(1)) is not None
+    )
 
 
 @page
 async def room_page(request: Request) -> Response:
     user = await signed_in(request)
     sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+    try:
+        query = node_query(request)
+    except node_list.BadQuery as exc:
+        raise UiError(400, str(exc)) from None
 
     def load(s: Session) -> dict[str, Any]:
-        found = room_nodes(s, user, sid, rid)
+        found = room_nodes(s, user, sid, rid, query)
         ctx = nav(s, user, found["space"], found["role"])
         room = found["room"]
+        listing = found["listing"]
         ctx.update(
             title=room.name,
             room={"id": room.id, "name": room.name, "is_all_nodes": room.is_all_nodes},
-            nodes=found["nodes"],
+            nodes=listing["nodes"],
+            listing=listing,
+            query=query,
+            states=node_list.STATES,
+            sorts=SORT_COLUMNS,
+            view_url=lambda **changes: view_url(query, **changes),
             space_node_count=sum(r["node_count"] for r in ctx["rooms"] if r["is_all_nodes"]),
         )
         return ctx
@@ -242,15 +318,47 @@ async def room_page(request: Request) -> Response:
     return render(request, "room.html", ctx)
 
 
+def view_url(query: node_list.NodeQuery, **changes: str | int) -> str:
+    """This Nodes view's query string with some parameters changed (sort
+    links and the pager work without JavaScript too)."""
+    params = query.params()
+    if "page" not in changes:
+        params.pop("page", None)  # a new sort starts on the first page
+    params.update({name: str(value) for name, value in changes.items()})
+    return "?" + urlencode(params, doseq=True) if params else "?"
+
+
+# The Nodes view's columns: (label, sort key or "" when it does not sort).
+SORT_COLUMNS = [
+    ("Node", "name"),
+    ("State", "state"),
+    ("Since", "state_since"),
+    ("Last seen", "last_seen"),
+    ("Connected from", ""),
+    ("Expected back", ""),
+    ("OS", "os"),
+    ("Agent", "agent_version"),
+    ("Rooms", ""),
+]
+
+
 @page
 async def room_nodes_json(request: Request) -> Response:
-    """What the Nodes view polls every 2 s to update itself without a reload."""
+    """One page of the Nodes view, fetched again whenever the room's live
+    stream (tether.cloud.web.live) says something changed; the filter menus'
+    values only with `facets=1` (the script asks when it (re)connects and when
+    a filter changes), so each push costs one page, not a scan of the room."""
     user = await signed_in(request)
     sid, rid = request.path_params["space_id"], request.path_params["room_id"]
+    try:
+        query = node_query(request)
+    except node_list.BadQuery as exc:  # the script shows the message
+        return JSONResponse({"errorMsgKey": "ErrBadRequest", "errorMessage": str(exc)}, 400)
+    with_facets = request.query_params.get("facets") == "1"
 
     def load(s: Session) -> dict[str, Any]:
-        found = room_nodes(s, user, sid, rid)
-        return {"nodes": found["nodes"], "room_counts": room_counts(s, found["space"].id)}
+        found = room_nodes(s, user, sid, rid, query, with_facets)
+        return {**found["listing"], "room_counts": room_counts(s, found["space"].id)}
 
     return JSONResponse(await in_db(request, load))
 
