@@ -102,7 +102,9 @@ def _wanted(s: Session, rules: list[RoomRule], only_node: str | None) -> Any:
     wanted: Any = includes[0] if len(includes) == 1 else union(*includes)
     if excludes:
         # The union as a subquery: SQLite takes no parenthesized compound.
-        first = wanted if len(includes) == 1 else select(wanted.subquery().c.node_id)
+        # (Typed apart: mypy 2.4 crashes inferring select() of an Any column.)
+        node_id: ColumnElement[str] = wanted.subquery().c.node_id
+        first = wanted if len(includes) == 1 else select(node_id)
         wanted = except_(first, *excludes)
     return wanted.subquery()
 
