@@ -62,6 +62,8 @@ class Cloud:
     proc: subprocess.Popen[bytes] | None = None
     log_file: Path = field(default_factory=Path)
     restarts: int = 0
+    # quickstart's whole JSON line (the admin's email and password among it).
+    info: dict[str, Any] = field(default_factory=dict)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
@@ -182,6 +184,7 @@ def prepare_cloud(
         room_ids=info["room_ids"],
         database_url=database_url,
         log_file=data_dir / "cloud.log",
+        info=info,
     )
 
 

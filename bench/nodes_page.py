@@ -31,7 +31,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -43,44 +42,6 @@ import harness
 
 OSES = ["Debian GNU/Linux 12", "Ubuntu 24.04 LTS", "Alpine Linux 3.20", "Fedora 41", "RHEL 9.4"]
 VERSIONS = ["0.9.3", "1.0.0", "1.0.1", "1.1.0"]
-
-
-def quickstart(data_dir: Path, port: int) -> tuple[harness.Cloud, dict[str, Any]]:
-    """`tether-cloud quickstart --no-serve --json` (for the admin's password too)."""
-    out = subprocess.run(
-        [
-            str(harness.BIN / "tether-cloud"),
-            "quickstart",
-            "--no-serve",
-            "--json",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        env=harness.clean_env(),
-        timeout=120,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"tether-cloud quickstart failed ({out.returncode}):\n{out.stderr}")
-    info: dict[str, Any] = json.loads(out.stdout.splitlines()[0])
-    cloud = harness.Cloud(
-        data_dir=data_dir,
-        port=port,
-        url=info["url"],
-        ca_file=info["ca_file"],
-        api_token=info["api_token"],
-        claim_token=info["claim_token"],
-        space_id=info["space_id"],
-        room_ids=info["room_ids"],
-        log_file=data_dir / "cloud.log",
-    )
-    return cloud, info
 
 
 def fill(data_dir: Path, space_id: str, count: int) -> str:
@@ -195,7 +156,8 @@ def main() -> int:
     args = ap.parse_args()
     print(f"machine: {harness.machine()}")
     with tempfile.TemporaryDirectory() as tmp:
-        cloud, info = quickstart(Path(tmp) / "cloud", harness.free_port())
+        cloud = harness.prepare_cloud(Path(tmp) / "cloud", harness.free_port())
+        info = cloud.info
         t0 = time.monotonic()
         room_id = fill(cloud.data_dir, cloud.space_id, args.nodes)
         print(f"wrote {args.nodes} nodes in {time.monotonic() - t0:.1f} s")
