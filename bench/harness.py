@@ -103,8 +103,9 @@ class Cloud:
                     f"tether-cloud serve exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
+                # 5 s a try: a Cloud taking a reconnect storm answers slowly.
                 with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
+                    socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw,
                     ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
                 ):
                     tls.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

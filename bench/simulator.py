@@ -17,6 +17,11 @@ Each simulated node, in one asyncio process (uvloop):
    and waits for HelloAck;
 5. answers the Cloud's pings (websockets does) and QueryRequests (a small
    JSON body);
+   With a resume token from the last HelloAck or Disconnect it skips 3 and
+   presents the token (`Tether-Resume`, docs/protocol.md 1b); a 401 falls
+   back to 3 at once. An answer whose connection was cut is sent again while
+   the challenge holds (counted as a cut answer). `--no-resume` acts as an
+   agent older than resume tokens;
 6. after any close waits the protocol's jittered backoff
    (`tether.protocol.backoff.Backoff` with the Cloud's policy; a
    `Disconnect.reconnect_after_seconds` is a floor), then goes back to 3. A
@@ -90,11 +95,20 @@ def _generate_one(_: int) -> bytes:
     )
 
 
-def load_keys(n: int, key_file: Path = KEY_FILE) -> tuple[list[rsa.RSAPrivateKey], int]:
-    """n distinct RSA-2048 keys from the cache, generating (and caching) the missing ones."""
+def load_keys(
+    n: int, key_file: Path = KEY_FILE, reuse: bool = False
+) -> tuple[list[rsa.RSAPrivateKey], int]:
+    """n distinct RSA-2048 keys from the cache, generating (and caching) the
+    missing ones; with `reuse`, the cached keys in turn when there are fewer
+    than n (a key then registered for several nodes: the RSA work per link is
+    the same, and generating 10,000 keys takes an hour on a busy machine)."""
     pems: list[bytes] = []
     if key_file.exists():
-        pems = [p + KEY_END for p in key_file.read_bytes().split(KEY_END) if p.strip()]
+        # A piece without its END line is a write that was cut off: left out.
+        pieces = key_file.read_bytes().split(KEY_END)[:-1]
+        pems = [p + KEY_END for p in pieces if p.strip()]
+    if reuse and pems:
+        pems = [pems[i % len(pems)] for i in range(n)]
     missing = max(0, n - len(pems))
     if missing:
         key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +145,15 @@ class Fleet:
         self.closes: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
         self.queries = 0
+        # Resume tokens (docs/protocol.md, resume): node -> its token, and the
+        # link settings of its last answer (the URL to present it at).
+        self.tokens: dict[int, str] = {}
+        self.replies: dict[int, auth.PasswordReply] = {}
+        self.resumed = 0  # links set up with a resume token since the last mark
+        self.challenged = 0  # ... and with the challenge
+        self.resume_refused = 0  # tokens the Cloud refused (401: fell back to the challenge)
+        self.cut_answers = 0  # answers whose connection was cut before the reply
+        self.refused: collections.Counter[str] = collections.Counter()  # upgrades refused
         self.first_gate = asyncio.Semaphore(a.concurrency)
         self.all_linked = asyncio.Event()
         self.body = json.dumps({"hostname": "sim", "cpu": {"user": 1.5, "system": 0.5}}).encode()
@@ -213,6 +236,8 @@ class Fleet:
                 raise
             except Exception as exc:  # every fault is counted, then backed off
                 self.errors[_short(exc)] += 1
+                if isinstance(exc, InvalidStatus):
+                    self.refused[str(exc.response.status_code)] += 1
                 terminal = isinstance(exc, _Terminal) or (
                     isinstance(exc, InvalidStatus) and exc.response.status_code in (403, 404)
                 )
@@ -228,6 +253,31 @@ class Fleet:
             await asyncio.sleep(delay)
 
     async def open_link(self, i: int, backoff: Backoff) -> ClientConnection:
+        token, reply = self.tokens.get(i), self.replies.get(i)
+        if self.a.resume and token and reply is not None:
+            header = {auth.RESUME_HEADER: auth.resume_header(self.ids[i], token)}
+            try:
+                ws = await self.websocket(reply, header)
+            except InvalidStatus as exc:
+                if exc.response.status_code != 401:
+                    raise  # not judged (busy, restarting): the token is kept
+                self.resume_refused += 1
+            else:
+                self.tokens.pop(i, None)  # used; the HelloAck brings the next
+                self.resumed += 1
+                return ws
+            self.tokens.pop(i, None)
+        reply = await self.authenticate(i)
+        self.replies[i] = reply
+        backoff.base_seconds = max(0.1, reply.backoff.base_seconds)
+        backoff.max_seconds = max(backoff.base_seconds, reply.backoff.max_seconds)
+        ws = await self.websocket(reply, {"Authorization": f"Bearer {reply.link_token}"})
+        self.challenged += 1
+        return ws
+
+    async def authenticate(self, i: int) -> auth.PasswordReply:
+        """Challenge and answer on one keep-alive connection, like the agent; an
+        answer whose connection was cut is sent again while the challenge holds."""
         node_id = self.ids[i]
         conn = HttpConnection(self.base, self.ssl)
         try:
@@ -235,32 +285,50 @@ class Fleet:
             if r.status != 200:
                 raise RuntimeError(f"challenge HTTP {r.status}")
             challenge = msgspec.json.decode(r.body, type=auth.ChallengeReply)
+            valid_until = time.monotonic() + max(1, challenge.expires_in) - 1
             answer = self.keys[i].decrypt(auth.b64decode(challenge.challenge), OAEP)
-            body = msgspec.json.encode(auth.PasswordRequest(response=auth.b64encode(answer)))
-            r = await conn.request(
-                "POST", auth.password_path(node_id), body, {"Content-Type": "application/json"}
+            body = msgspec.json.encode(
+                auth.PasswordRequest(
+                    response=auth.b64encode(answer), challenge_id=challenge.challenge_id or None
+                )
             )
+            while True:
+                try:
+                    r = await conn.request(
+                        "POST",
+                        auth.password_path(node_id),
+                        body,
+                        {"Content-Type": "application/json"},
+                    )
+                    break
+                except HttpError:
+                    self.cut_answers += 1
+                    if time.monotonic() >= valid_until:
+                        raise
+                    await conn.close()
+                    conn = HttpConnection(self.base, self.ssl)
             if r.status != 200:
                 raise RuntimeError(f"password HTTP {r.status}")
-            reply = msgspec.json.decode(r.body, type=auth.PasswordReply)
+            return msgspec.json.decode(r.body, type=auth.PasswordReply)
         finally:
             await conn.close()
-        backoff.base_seconds = max(0.1, reply.backoff.base_seconds)
-        backoff.max_seconds = max(backoff.base_seconds, reply.backoff.max_seconds)
+
+    async def websocket(
+        self, reply: auth.PasswordReply, headers: dict[str, str]
+    ) -> ClientConnection:
         keepalive = max(1.0, reply.keepalive_seconds)
-        ws = await connect(
+        return await connect(
             reply.link_url,
             ssl=self.ssl,
             proxy=None,
             compression=None,
-            additional_headers={"Authorization": f"Bearer {reply.link_token}"},
+            additional_headers=headers,
             ping_interval=keepalive if self.a.client_pings else None,
             ping_timeout=keepalive if self.a.client_pings else None,
             max_size=MAX_FRAME_SIZE,
             open_timeout=60,
             user_agent_header="tether-sim",
         )
-        return ws
 
     async def serve(self, i: int, ws: ClientConnection) -> float | None:
         """Hello, then answer queries until the link closes; the Cloud's delay hint."""
@@ -275,6 +343,7 @@ class Fleet:
                     machine_guid=self.ids[i],
                     machine_id=f"sim-machine-{i}",
                     boot_id="sim-boot",
+                    capabilities=["query", auth.RESUME_CAPABILITY] if self.a.resume else ["query"],
                 )
             )
         )
@@ -289,14 +358,19 @@ class Fleet:
                         break
                     frame = ev.frame
                     if isinstance(frame, HelloAck):
+                        if frame.resume_token:
+                            self.tokens[i] = frame.resume_token
                         self.on_linked(i)
                     elif isinstance(frame, QueryRequest):
                         self.queries += 1
+                        body = data_body(frame.query, i) if frame.path == DATA else self.body
                         await ws.send(
-                            link.send(make_response(frame.id, 200, "application/json", self.body))
+                            link.send(make_response(frame.id, 200, "application/json", body))
                         )
                     elif isinstance(frame, Disconnect):
                         hint = frame.reconnect_after_seconds
+                        if frame.resume_token:
+                            self.tokens[i] = frame.resume_token
                     elif isinstance(frame, Reload):
                         await ws.close(1000, "reload")
         except ConnectionClosed:
@@ -334,12 +408,47 @@ class Fleet:
             "delays": self.delays,
             "closes": dict(self.closes),
             "errors": dict(self.errors.most_common(8)),
+            "resumed": self.resumed,
+            "challenged": self.challenged,
+            "resume_refused": self.resume_refused,
+            "cut_answers": self.cut_answers,
+            "refused": dict(self.refused),
         }
 
     def mark(self) -> None:
         self.connects, self.drops, self.delays = [], [], []
         self.closes.clear()
         self.errors.clear()
+        self.refused.clear()
+        self.resumed = self.challenged = self.resume_refused = self.cut_answers = 0
+
+
+DATA = "/api/v1/data"
+
+
+def data_body(query: str, i: int) -> bytes:
+    """An /api/v1/data answer shaped like the agent's (newest row first) for
+    the chart and range asked, two dimensions of made-up values, so composite
+    charts (tether.cloud.composite) can be drawn from simulated nodes."""
+    from urllib.parse import parse_qs
+
+    q = {k: v[-1] for k, v in parse_qs(query).items()}
+    after = min(-1, int(q.get("after", "-300") or -300))
+    points = max(1, min(int(q.get("points", "60") or 60), -after))
+    step = max(1, -after // points)
+    now = int(time.time()) // step * step
+    names = [d for d in q.get("dimensions", "").split(",") if d] or ["user", "system"]
+    rows = [
+        [now - k * step, *((i * 7 + k * (j + 1)) % 50 + 1.5 for j in range(len(names)))]
+        for k in range(points)
+    ]
+    return json.dumps(
+        {
+            "id": q.get("chart", ""),
+            "view_update_every": step,
+            "result": {"labels": ["time", *names], "data": rows},
+        }
+    ).encode()
 
 
 class _Terminal(Exception):
@@ -388,7 +497,7 @@ async def commands(fleet: Fleet, go: asyncio.Event) -> None:
 
 async def amain(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    keys, generated = await asyncio.to_thread(load_keys, a.nodes)
+    keys, generated = await asyncio.to_thread(load_keys, a.nodes, KEY_FILE, a.reuse_keys)
     out("keys", n=len(keys), generated=generated, seconds=round(time.monotonic() - t0, 2))
     fleet = Fleet(a, keys)
     t0 = time.monotonic()
@@ -453,6 +562,17 @@ def main() -> int:
         dest="client_pings",
         action="store_false",
         help="do not ping from the node side (the real agent pings every keepalive)",
+    )
+    ap.add_argument(
+        "--reuse-keys",
+        action="store_true",
+        help="with fewer cached keys than nodes, register each cached key for several nodes",
+    )
+    ap.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="do not offer or use resume tokens (an agent older than them)",
     )
     ap.add_argument(
         "--wait-go",

@@ -22,7 +22,9 @@ def test_second_link_for_one_identity_replaces_the_first_and_is_recorded(
 ) -> None:
     cloud = start_cloud(*FAST)
     peer = Peer(cloud).claim()
-    clone = Peer(cloud, node_id=peer.node_id, hostname="clone")
+    # The same host after a restart (same machine-id, new boot id): it replaces at
+    # once. Another machine-id is refused instead (tests/link/test_clones.py).
+    clone = Peer(cloud, node_id=peer.node_id, hostname="clone", machine_id=peer.machine_id)
     clone.private_pem, clone.public_pem = peer.private_pem, peer.public_pem  # copied cloud.d
 
     async def scenario() -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
-from tests.fixtures.haproxy import balancer
+from tests.fixtures.haproxy import BEHIND_BALANCER, balancer
 from tests.fixtures.peer import KEEPALIVE, Link, Peer, link_up
 from tests.fixtures.scaleout import pair
 
@@ -27,7 +27,7 @@ NODES = 6
 def test_links_spread_relays_route_and_a_dead_process_fails_over(
     start_cloud: Callable[..., Cloud], pg_url: str, tmp_path: Path
 ) -> None:
-    a, b = pair(start_cloud, pg_url, KEEPALIVE)
+    a, b = pair(start_cloud, pg_url, KEEPALIVE, *BEHIND_BALANCER)
     engine = sa.create_engine(a.database_url)
 
     def holders() -> dict[str, str]:

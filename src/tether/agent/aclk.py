@@ -30,7 +30,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,7 +43,7 @@ from websockets.exceptions import (
     ProxyError,
 )
 
-from tether.agent import host
+from tether.agent import host, planned_stop, rotate_key
 from tether.net.diagnose import describe_connect_error
 from tether.net.proxy import ProxyChoice, ProxyConfigError, mask_url, resolve_proxy
 from tether.net.tls import TLSConfigError, client_ssl_context, proxy_ssl_context
@@ -52,6 +52,7 @@ from tether.paths import AgentPaths
 from tether.protocol import auth
 from tether.protocol.backoff import Backoff
 from tether.protocol.frames import (
+    GOODBYE_REASONS,
     MAX_FRAME_SIZE,
     AlertTransition,
     ChartsSummary,
@@ -59,6 +60,7 @@ from tether.protocol.frames import (
     ErrorFrame,
     Frame,
     Goodbye,
+    GoodbyeReason,
     Hello,
     HelloAck,
     NodeUpdate,
@@ -68,6 +70,7 @@ from tether.protocol.frames import (
     make_response,
 )
 from tether.protocol.link import (
+    CLOSE_CLONE,
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_OVER_BUDGET,
@@ -90,7 +93,6 @@ log = logging.getLogger("tether.aclk")
 QueryResult = tuple[int, str, bytes]
 QueryHandler = Callable[[str, str], QueryResult | Awaitable[QueryResult]]
 HelloProvider = Callable[[], Hello]
-GoodbyeReason = Literal["restart", "shutdown", "upgrade", "unclaim"]
 
 HTTP_TIMEOUT = 15.0
 HELLO_TIMEOUT = 15.0
@@ -113,11 +115,13 @@ class LinkFault(Exception):
         terminal: bool = False,
         fix: str = "",
         retry_after: float | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.terminal = terminal
         self.fix = fix
         self.retry_after = retry_after
+        self.status = status  # the HTTP status of a refused link upgrade
 
 
 def _describe(exc: BaseException, url: str, proxy: ProxyChoice | None) -> str:
@@ -187,6 +191,11 @@ class AclkClient:
         self._queries = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._disconnect_hint: float | None = None
+        # The resume token for the next connection (docs/protocol.md, resume):
+        # (token, monotonic expiry), and the link settings of the last answer.
+        self._resume: tuple[str, float] | None = None
+        self._reply: auth.PasswordReply | None = None
+        self.last_auth: str | None = None  # "resume" or "challenge", for aclk-state
 
         self.connected_since: float | None = None
         self.last_error: str | None = None
@@ -231,6 +240,7 @@ class AclkClient:
             "session_id": self.session_id,
             "attempts": self.attempts,
             "queries_answered": self.queries_answered,
+            "last_auth": self.last_auth,
         }
 
     def effective_proxy(self) -> ProxyChoice:
@@ -252,6 +262,9 @@ class AclkClient:
         changed = claim != self.claim
         self.claim = claim
         self.proxy = None
+        if changed:  # another node or Cloud: the old resume token is not for it
+            self._resume = None
+            self._reply = None
         if changed or self.terminal:
             self.terminal = False
             self.fix = None
@@ -281,7 +294,7 @@ class AclkClient:
         ws, link = self._ws, self._link
         if ws is not None and link is not None and link.state is LinkState.READY:
             why: GoodbyeReason = "shutdown"
-            if reason in ("restart", "upgrade", "unclaim"):
+            if reason in GOODBYE_REASONS:
                 why = reason  # type: ignore[assignment]
             with contextlib.suppress(Exception):
                 bye = Goodbye(reason=why, expected_back_seconds=expected_back_seconds)
@@ -436,22 +449,84 @@ class AclkClient:
             fix = "fix or remove the file it names, then tether-cli reload-claiming-state"
             raise LinkFault(str(exc), terminal=True, fix=fix) from None
 
-        reply = await self._authenticate(base, claimed_id, ctx, proxy, proxy_ssl)
-        self._check_link_url(base, reply.link_url)
+        ws = await self._resume_link(claimed_id, ctx, proxy, proxy_ssl)
+        if ws is None:
+            fresh = await self._authenticate(base, claimed_id, ctx, proxy, proxy_ssl)
+            self._check_link_url(base, fresh.link_url)
+            self._reply = fresh
+            ws = await self._open(fresh, ctx, proxy, proxy_ssl, f"Bearer {fresh.link_token}")
+            self.last_auth = "challenge"
+        assert self._reply is not None
+        keepalive = max(1.0, self._reply.keepalive_seconds)
+        if self._stopping:  # stop() came while connecting
+            await ws.close(CLOSE_GOING_AWAY, "agent stopping")
+            return
+        _set_nodelay(ws)
+        link = LinkConnection(Role.AGENT)
+        self._ws, self._link = ws, link
+        try:
+            await self._serve(ws, link, keepalive)
+        except ConnectionClosed as exc:
+            raise self._closed_fault(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _resume_link(
+        self,
+        claimed_id: str,
+        ctx: Any,
+        proxy: ProxyChoice,
+        proxy_ssl: ssl.SSLContext | None,
+    ) -> ClientConnection | None:
+        """The link opened with the resume token the Cloud gave (one TLS
+        connection, no challenge); None to authenticate with the challenge:
+        no usable token, or the Cloud refused it (401: expired, used, or a
+        Cloud that does not know resume tokens). A token is kept while the
+        Cloud is unreachable or busy, and dropped once it was presented to it."""
+        resume, reply = self._resume, self._reply
+        if resume is None or reply is None or resume[1] <= time.monotonic():
+            self._resume = None
+            return None
+        header = {auth.RESUME_HEADER: auth.resume_header(claimed_id, resume[0])}
+        try:
+            ws = await self._open(reply, ctx, proxy, proxy_ssl, None, header)
+        except LinkFault as fault:
+            if fault.status != 401:
+                raise  # not judged (Cloud down, restarting, saturated): try it again later
+            self._resume = None
+            log.info("ACLK the Cloud refused the resume token: authenticating with the challenge")
+            return None
+        self._resume = None
+        self.last_auth = "resume"
+        return ws
+
+    async def _open(
+        self,
+        reply: auth.PasswordReply,
+        ctx: Any,
+        proxy: ProxyChoice,
+        proxy_ssl: ssl.SSLContext | None,
+        authorization: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> ClientConnection:
+        """The `/aclk` WebSocket; LinkFault (with the HTTP status) when refused."""
         self.link_url = reply.link_url
         self.backoff.base_seconds = max(0.1, reply.backoff.base_seconds)
         self.backoff.max_seconds = max(self.backoff.base_seconds, reply.backoff.max_seconds)
         keepalive = max(1.0, reply.keepalive_seconds)
-
+        extra = dict(headers or {})
+        if authorization is not None:
+            extra["Authorization"] = authorization
         secure = reply.link_url.startswith("wss://")
         try:
-            ws = await connect(
+            return await connect(
                 reply.link_url,
                 ssl=ctx if secure else None,
                 # Explicit: websockets would otherwise read proxies from the environment.
                 **proxy.for_websockets(proxy_ssl),
                 compression=None,
-                additional_headers={"Authorization": f"Bearer {reply.link_token}"},
+                additional_headers=extra,
                 ping_interval=keepalive,
                 ping_timeout=keepalive,
                 max_size=MAX_FRAME_SIZE,
@@ -466,30 +541,20 @@ class AclkClient:
                     f"the Cloud refused the link (HTTP {status}): {kind.meaning}",
                     terminal=True,
                     fix=kind.fix,
+                    status=status,
                 ) from None
             retry_after: float | None = None  # 429 (closed over budget) or 503: a floor
             with contextlib.suppress(ValueError):
                 retry_after = float(exc.response.headers.get("Retry-After", ""))
             raise LinkFault(
-                f"the Cloud refused the link (HTTP {status})", retry_after=retry_after
+                f"the Cloud refused the link (HTTP {status})",
+                retry_after=retry_after,
+                status=status,
             ) from None
         except (OSError, TimeoutError, ProxyError, httpx.HTTPError) as exc:
             raise LinkFault(_describe(exc, reply.link_url, proxy)) from None
         except Exception as exc:
             raise LinkFault(_describe(exc, reply.link_url, proxy)) from None
-        if self._stopping:  # stop() came while connecting
-            await ws.close(CLOSE_GOING_AWAY, "agent stopping")
-            return
-        _set_nodelay(ws)
-        link = LinkConnection(Role.AGENT)
-        self._ws, self._link = ws, link
-        try:
-            await self._serve(ws, link, keepalive)
-        except ConnectionClosed as exc:
-            raise self._closed_fault(exc) from None
-        finally:
-            with contextlib.suppress(Exception):
-                await ws.close()
 
     async def _authenticate(
         self,
@@ -515,18 +580,32 @@ class AclkClient:
                 r = await http.get(base + auth.challenge_path(claimed_id))
                 self._raise_for_auth(r)
                 challenge = msgspec.json.decode(r.content, type=auth.ChallengeReply)
-                answer = auth.decrypt_challenge(private_pem, auth.b64decode(challenge.challenge))
+                sealed = auth.b64decode(challenge.challenge)
+                # With an interrupted key rotation's pending key as a fallback.
+                answer = rotate_key.decrypt_challenge(self.paths, private_pem, sealed)
                 # Naming the challenge lets the Cloud answer a lost one with 401
                 # (ask again) instead of 403 (wrong key, which stops the agent).
                 request = auth.PasswordRequest(
                     response=auth.b64encode(answer), challenge_id=challenge.challenge_id or None
                 )
                 body = msgspec.json.encode(request)
-                r = await http.post(
-                    base + auth.password_path(claimed_id),
-                    content=body,
-                    headers={"Content-Type": "application/json"},
-                )
+                valid_until = time.monotonic() + max(1, challenge.expires_in) - 1
+                while True:
+                    try:
+                        r = await http.post(
+                            base + auth.password_path(claimed_id),
+                            content=body,
+                            headers={"Content-Type": "application/json"},
+                        )
+                        break
+                    except httpx.TransportError:
+                        # The connection was cut before the answer came back:
+                        # the challenge still holds, so answer it again (on a
+                        # new connection) rather than back off and start over.
+                        if time.monotonic() >= valid_until:
+                            raise
+                        log.info("ACLK the answer's connection was cut: answering again")
+                        await asyncio.sleep(0.1)
                 self._raise_for_auth(r)
                 return msgspec.json.decode(r.content, type=auth.PasswordReply)
             except auth.AuthError as exc:
@@ -564,7 +643,12 @@ class AclkClient:
             raise LinkFault(f"the Cloud sent an unusable link URL {link_url!r}")
 
     async def _serve(self, ws: ClientConnection, link: LinkConnection, keepalive: float) -> None:
-        await ws.send(link.send(self.hello_provider()))
+        hello = self.hello_provider()
+        if auth.RESUME_CAPABILITY not in hello.capabilities:  # this client resumes
+            hello = msgspec.structs.replace(
+                hello, capabilities=[*hello.capabilities, auth.RESUME_CAPABILITY]
+            )
+        await ws.send(link.send(hello))
         try:
             first = await asyncio.wait_for(ws.recv(decode=False), HELLO_TIMEOUT)
         except TimeoutError:
@@ -613,8 +697,10 @@ class AclkClient:
             if isinstance(frame, QueryRequest):
                 self._keep(asyncio.ensure_future(self._answer(ws, link, frame)))
             elif isinstance(frame, HelloAck):
-                pass  # the state machine recorded session and keepalive
+                # The state machine recorded session and keepalive.
+                self._take_resume_token(frame.resume_token, frame.resume_expires_in)
             elif isinstance(frame, Disconnect):
+                self._take_resume_token(frame.resume_token, frame.resume_expires_in)
                 self._disconnect_hint = frame.reconnect_after_seconds
                 log.info(
                     "ACLK the Cloud asked to disconnect: %s %s (come back after %s s)",
@@ -629,6 +715,11 @@ class AclkClient:
                 await ws.close(CLOSE_NORMAL, "reload requested")
             elif isinstance(frame, ErrorFrame):
                 log.warning("ACLK the Cloud reported an error: %s %s", frame.code, frame.text)
+
+    def _take_resume_token(self, token: str, expires_in: float) -> None:
+        if token and expires_in > 0:
+            # A margin for the time the next upgrade takes to reach the Cloud.
+            self._resume = (token, time.monotonic() + expires_in * 0.9)
 
     async def _answer(self, ws: ClientConnection, link: LinkConnection, req: QueryRequest) -> None:
         async with self._queries:
@@ -663,10 +754,20 @@ class AclkClient:
         text = f"the Cloud closed the link: {describe_close(code)} ({code})"
         if reason:
             text += f": {reason}"
+        if code == CLOSE_CLONE:  # this identity is live on another host: stop
+            fix = (
+                f"this machine is a copy of {self.claim.claimed_id} ({reason or 'another host'}): "
+                "claim it as a new node with tether-claim -token=TOKEN -rooms=ROOMS -url=URL "
+                "-id=$(uuidgen)"
+            )
+            return LinkFault(text, terminal=True, fix=fix)
         if is_terminal_close(code):
             return LinkFault(text, terminal=True, fix=auth.REMOVED_FIX)
         if code == CLOSE_REPLACED:
             # Another host presents this node's identity: usually a cloned VM or image.
+            # Come back by the challenge, which revokes every resume token of
+            # the node: one that leaked stops working (docs/protocol.md, resume).
+            self._resume = None
             return LinkFault(text, fix=CLONE_FIX)
         if code == CLOSE_OVER_BUDGET:
             # The Disconnect before it says how long to stay away; this is the floor.
@@ -703,6 +804,7 @@ def hello_from_agent(agent: Agent) -> Hello:
             collectors=[str(c) for c in charts.get("collectors", [])],
         ),
         capabilities=["query", "alerts", "goodbye"],
+        labels=dict(agent.host_labels),  # [host labels]
     )
 
 
@@ -745,8 +847,16 @@ def attach_to_agent(agent: Agent, insecure: bool = False) -> AclkClient:
     agent.attach_link(client)
 
     async def on_shutdown(reason: str) -> None:
-        await client.stop(goodbye_reason(reason))
+        planned = planned_stop.planned_for(agent)  # tether-cli shutdown-agent --reason ...
+        if planned is not None:
+            await client.stop(planned.reason, planned.back_in_seconds)
+        else:
+            await client.stop(goodbye_reason(reason))
 
     agent.add_shutdown_hook(on_shutdown)
+    with contextlib.suppress(RuntimeError):  # no running loop: no automatic rotation
+        asyncio.get_running_loop()
+        client._keep(asyncio.ensure_future(rotate_key.schedule(agent, client)))
     agent.add_alert_listener(lambda t: client.send_alert(alert_frame(t)))
+    agent.labels_listeners.append(lambda labels: client.send_node_update(NodeUpdate(labels=labels)))
     return client

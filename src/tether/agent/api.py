@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -28,7 +28,7 @@ from tether.agent.access import AccessList
 from tether.agent.claim_key import ClaimKey
 from tether.agent.dashboard_claim import claim_endpoint
 from tether.agent.runtime import Agent
-from tether.agent.storage import Chart, QueryError, query
+from tether.agent.storage import Chart, QueryError, Store, query
 
 JSON = "application/json"
 Params = Mapping[str, str]
@@ -47,6 +47,22 @@ def _num(v: float) -> float | None:
     return None if v != v or math.isinf(v) else v
 
 
+class HostView(Protocol):
+    """What the chart and data endpoints read: the agent itself, or a child
+    streamed to it (`tether.agent.stream_parent.ChildHost`)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def update_every(self) -> int: ...
+    @property
+    def os_info(self) -> Mapping[str, str]: ...
+    @property
+    def alert_count(self) -> int: ...
+
+
 # -- endpoints -------------------------------------------------------------
 
 
@@ -60,7 +76,7 @@ def info(agent: Agent, params: Params) -> Result:
             "uid": agent.machine_guid,
             "machine_guid": agent.machine_guid,
             "hostname": agent.hostname,
-            "mirrored_hosts": [agent.hostname],
+            "mirrored_hosts": [agent.hostname, *_child_names(agent)],
             "alarms": counts,
             **agent.os_info,
             "collectors": [
@@ -87,8 +103,15 @@ def info(agent: Agent, params: Params) -> Result:
             "claim-id": agent.claim.claimed_id,
             "claimed_id": agent.claim.claimed_id,
             "cloud": {"base_url": agent.claim.cloud_base_url, "link": link},
+            # [stream]: this agent's children (a parent) or its parent (a child).
+            "stream": agent.stream_status(),
         }
     )
+
+
+def _child_names(agent: Agent) -> list[str]:
+    parent = agent.stream_parent
+    return [c.hostname for c in parent.children.values()] if parent is not None else []
 
 
 def chart_json(chart: Chart) -> dict[str, Any]:
@@ -112,7 +135,7 @@ def chart_json(chart: Chart) -> dict[str, Any]:
     }
 
 
-def charts(agent: Agent, params: Params) -> Result:
+def charts(agent: HostView, params: Params) -> Result:
     s = agent.store
     return _json(
         {
@@ -128,12 +151,12 @@ def charts(agent: Agent, params: Params) -> Result:
             },
             "charts_count": len(s.charts),
             "dimensions_count": s.dimension_count(),
-            "alarms_count": len(agent.health.alerts),
+            "alarms_count": agent.alert_count,
         }
     )
 
 
-def _chart_param(agent: Agent, params: Params) -> Chart | Result:
+def _chart_param(agent: HostView, params: Params) -> Chart | Result:
     cid = params.get("chart", "").strip()
     if not cid:
         return _error(400, "missing the chart= parameter (a chart id from /api/v1/charts)")
@@ -143,7 +166,7 @@ def _chart_param(agent: Agent, params: Params) -> Chart | Result:
     return chart
 
 
-def chart(agent: Agent, params: Params) -> Result:
+def chart(agent: HostView, params: Params) -> Result:
     c = _chart_param(agent, params)
     if not isinstance(c, Chart):
         return c
@@ -160,7 +183,7 @@ def _int_param(params: Params, name: str, default: int) -> int:
         raise QueryError(f"{name}={raw!r} is not a number") from exc
 
 
-def data(agent: Agent, params: Params) -> Result:
+def data(agent: HostView, params: Params) -> Result:
     c = _chart_param(agent, params)
     if not isinstance(c, Chart):
         return c
@@ -232,7 +255,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def allmetrics(agent: Agent, params: Params) -> Result:
+def allmetrics(agent: HostView, params: Params) -> Result:
     fmt = params.get("format", "prometheus")
     if fmt not in ("prometheus", "json"):
         return _error(400, f"format={fmt!r} is not supported; use prometheus or json")
@@ -313,6 +336,36 @@ ENDPOINTS: dict[str, Callable[[Agent, Params], Result]] = {
 }
 
 
+# A child streamed to this agent answers these, at /host/CHILD/api/v1/...
+CHILD_ENDPOINTS: dict[str, Callable[[HostView, Params], Result]] = {
+    "/api/v1/charts": charts,
+    "/api/v1/chart": chart,
+    "/api/v1/data": data,
+    "/api/v1/allmetrics": allmetrics,
+}
+
+
+def child_query(agent: Agent, path: str, params: Params) -> Result:
+    """`/host/CHILD/api/v1/...`: CHILD is a child's hostname or machine GUID."""
+    name, _, rest = path.removeprefix("/host/").partition("/")
+    parent = agent.stream_parent
+    child = parent.lookup(name) if parent is not None and name else None
+    if child is None:
+        return _error(
+            404,
+            f"no child {name[:80]!r} streams to this agent; /api/v1/info mirrored_hosts lists "
+            "the children",
+        )
+    rest = "/" + rest.rstrip("/")
+    if rest == "/api/v1/info":
+        return _json(child.info(agent.hostname))
+    handler = CHILD_ENDPOINTS.get(rest)
+    if handler is None:
+        known = ", ".join(["/api/v1/info", *CHILD_ENDPOINTS])
+        return _error(404, f"unknown child API path {rest[:80]!r}; a child answers {known}")
+    return handler(child, params)
+
+
 def _flat(query_string: str) -> dict[str, str]:
     parsed = parse_qs(query_string, keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
@@ -323,9 +376,13 @@ def local_query(agent: Agent, path: str, query: str = "") -> Result:
     if "?" in path and not query:
         path, _, query = path.partition("?")
     handler = ENDPOINTS.get(path.rstrip("/") or "/")
-    if handler is None:
+    is_child = path.startswith("/host/")
+    if handler is None and not is_child:
         return _error(404, f"unknown API path {path!r}; see docs/api.md")
     try:
+        if is_child:
+            return child_query(agent, path, _flat(query))
+        assert handler is not None
         return handler(agent, _flat(query))
     except Exception as exc:  # an API bug must not take down the link or server
         return _error(500, f"internal error answering {path}: {exc.__class__.__name__}")
@@ -391,6 +448,7 @@ def create_app(
     routes = (
         [Route("/", index)]
         + [Route(p, endpoint) for p in ENDPOINTS]
+        + [Route("/host/{child}/api/v1/{rest:path}", endpoint)]
         + _claim_routes(agent, claim_key)
         + [
             Mount("/static", StaticFiles(directory=str(static_dir)), name="static"),

@@ -18,9 +18,12 @@ COMMANDS = {
     "reload-claiming-state": "re-read cloud.d after a claim",
     "aclk-state": "show the Cloud link state (add 'json' for JSON)",
     "reload-health": "re-read the [health] alert levels from tether.conf",
+    "reload-labels": "re-read [host labels] from tether.conf and send them to the Cloud",
     "read-config": "print the effective configuration",
     "write-config": "write the effective configuration to tether.conf",
-    "shutdown-agent": "stop the agent gracefully",
+    "shutdown-agent": "stop the agent gracefully (--reason upgrade|maintenance|restart|shutdown|"
+    "other --back-in 10m: a planned stop, shown by the Cloud)",
+    "rotate-key": "make a new key for this node and register it with the Cloud (no re-claim)",
     "doctor": "check every hop to the Cloud, here, without the agent (--json, --url=URL)",
 }
 
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
     p.add_argument("--json", action="store_true", help="doctor: one JSON object")
     p.add_argument("--url", help="doctor: the Cloud URL for an unclaimed node without claim.conf")
+    p.add_argument("--reason", help="shutdown-agent: why (upgrade, maintenance, restart, ...)")
+    p.add_argument("--back-in", help="shutdown-agent: when it returns (90s, 10m, 2h, 1d)")
     p.add_argument("command", help="one of the commands below")
     p.add_argument("args", nargs="*", help="command arguments (e.g. json)")
     return p
@@ -52,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = AgentPaths.from_prefix(ns.prefix)
     if ns.command == "doctor":
         return doctor(paths, ns.url, ns.json)
-    line = " ".join([ns.command, *ns.args])
+    words = [ns.command, *ns.args]
+    if ns.reason:
+        words += ["--reason", ns.reason]
+    if ns.back_in:
+        words += ["--back-in", ns.back_in]
+    line = " ".join(words)
     try:
         reply = send_command(paths.control_socket, line, timeout=ns.timeout)
     except AgentNotRunning as exc:

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from tether.agent import planned_stop, rotate_key
 from tether.agent.runtime import Agent
 from tether.control import AgentNotRunning, ControlReply, encode_reply, send_command
 from tether.node.config import ConfigError
@@ -59,6 +60,13 @@ def handle_command(agent: Agent, line: str) -> ControlReply:
         except ConfigError as exc:
             return ControlReply(False, f"health not reloaded: {exc}")
         return ControlReply(True, "health configuration reloaded")
+    if cmd == "reload-labels":
+        changed, problems = agent.reload_labels()
+        labels = agent.host_labels
+        msg = f"host labels reloaded: {len(labels)} label(s)" + ("" if changed else ", unchanged")
+        if problems:
+            msg += "; skipped: " + "; ".join(problems)
+        return ControlReply(True, msg, {"labels": labels, "changed": changed, "problems": problems})
     if cmd == "read-config":
         return ControlReply(True, agent.config.render())
     if cmd == "write-config":
@@ -68,9 +76,34 @@ def handle_command(agent: Agent, line: str) -> ControlReply:
             return ControlReply(False, f"cannot write {agent.config.path}: {exc}")
         return ControlReply(True, f"configuration written to {agent.config.path}")
     if cmd == "shutdown-agent":
-        agent.request_stop("shutdown requested with tether-cli shutdown-agent")
-        return ControlReply(True, "agent is shutting down")
+        try:
+            stop = planned_stop.parse(args)
+        except ValueError as exc:
+            return ControlReply(False, f"not shutting down: {exc}")
+        planned_stop.plan(agent, stop)  # the link's Goodbye says it
+        agent.request_stop(f"shutdown requested with tether-cli shutdown-agent ({stop.reason})")
+        return ControlReply(True, f"agent is shutting down ({planned_stop.describe(stop)})")
     return ControlReply(False, f"unknown command {cmd!r}; see tether-cli --help")
+
+
+async def rotate_key_command(agent: Agent) -> ControlReply:
+    """`rotate-key`: a new key for the node, registered with the Cloud."""
+    from tether.agent.aclk import AclkClient  # the link module imports this one's users
+
+    client = agent.link
+    if not isinstance(client, AclkClient) or not agent.claim.claimed_id:
+        return ControlReply(
+            False, "the node is not claimed (or the link is off): nothing to rotate"
+        )
+    try:
+        done = await rotate_key.rotate(client)
+    except rotate_key.RotationFailed as exc:
+        return ControlReply(
+            False, f"key not rotated: {exc}" + (f". To fix: {exc.fix}" if exc.fix else "")
+        )
+    return ControlReply(
+        True, f"key rotated: the Cloud holds {done['public_key_sha256'][:16]}... now", done
+    )
 
 
 class ControlServer:
@@ -113,6 +146,11 @@ class ControlServer:
         try:
             raw = await asyncio.wait_for(reader.readline(), timeout=10)
             line = raw.decode(errors="replace").strip()
+            if line.split()[:1] == ["rotate-key"]:  # async: it talks to the Cloud
+                reply = await rotate_key_command(self.agent)
+                writer.write(encode_reply(reply))
+                await writer.drain()
+                return
             if line.split()[:1] == ["reload-claiming-state"] and not self.agent.claim.claimed_id:
                 # Unclaimed: claim.conf (or the environment) may ask for a claim
                 # now. Blocking I/O, so off the event loop; a failure is logged.

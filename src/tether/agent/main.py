@@ -25,6 +25,7 @@ from tether.agent.api import create_app
 from tether.agent.claim_key import ClaimKey
 from tether.agent.control_server import ControlServer
 from tether.agent.logs import AgentLog
+from tether.agent.node_name_identity import pin_from_environment
 from tether.agent.runtime import Agent
 from tether.agent.system import (
     StartupError,
@@ -167,6 +168,41 @@ def start_link(agent: Agent) -> asyncio.Task[None] | None:
     return asyncio.create_task(run(), name="aclk")
 
 
+async def start_streams(agent: Agent, config: AgentConfig) -> list[asyncio.Task[None]]:
+    """[stream]: accept children (parent) and/or send to a parent (child). A
+    setting that cannot work is logged with its fix; the agent keeps serving."""
+    tasks: list[asyncio.Task[None]] = []
+    if config.get_bool("stream", "enabled", False):
+        from tether.agent.stream_parent import StreamParent
+
+        try:
+            parent = StreamParent(
+                config, lambda: agent.hostname, agent.store.size * agent.update_every
+            )
+            await parent.start()
+        except StartupError as exc:
+            log.error("stream: not accepting children: %s", exc)
+        else:
+            agent.stream_parent = parent
+
+            async def stop_parent(reason: str) -> None:
+                await parent.stop()
+
+            agent.add_shutdown_hook(stop_parent)
+    if config.get("stream", "destination", ""):
+        from tether.agent.stream_child import StreamChild, StreamConfigError
+
+        try:
+            child = StreamChild(agent, config)
+        except StreamConfigError as exc:
+            log.error("stream: not streaming to a parent: %s", exc)
+        else:
+            agent.stream_child = child
+            agent.collect_listeners.append(child.on_collect)
+            tasks.append(asyncio.create_task(child.run(), name="stream-child"))
+    return tasks
+
+
 async def serve(agent: Agent, config: AgentConfig, port: int, run_as: str) -> int:
     loop = asyncio.get_running_loop()
     socks = listen_sockets(config.get("web", "bind to"), port)
@@ -214,6 +250,7 @@ async def serve(agent: Agent, config: AgentConfig, port: int, run_as: str) -> in
             loop.add_signal_handler(sig, on_signal, sig)
 
         link = start_link(agent)
+        streams = await start_streams(agent, config)
         web = asyncio.create_task(server.serve(sockets=socks), name="web")
         collect = asyncio.create_task(agent.run_collectors(), name="collectors")
         where = ", ".join(f"{s.getsockname()[0]} port {s.getsockname()[1]}" for s in socks)
@@ -238,6 +275,10 @@ async def serve(agent: Agent, config: AgentConfig, port: int, run_as: str) -> in
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, timeout=5)
         stopper.cancel()
+        for t in streams:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, timeout=2)
         if link is not None:
             link.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -283,9 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.foreground:
         log.info("tether-agent stays in the foreground (it never daemonizes); -D is implied")
     try:
+        # Kubernetes children: the GUID follows the node name (TETHER_NODE_NAME).
+        pin_from_environment(paths, os.environ)
         guid = load_or_create_machine_guid(paths)
     except MachineGuidError as exc:
         log.error("%s", exc)
+        return EXIT_GUID
+    except OSError as exc:
+        log.error("cannot write the machine GUID derived from TETHER_NODE_NAME: %s", exc)
         return EXIT_GUID
     warn_if_volatile(paths.lib_dir)
     host.configure(os.environ)  # TETHER_HOST_ROOT: report the host, not the container

@@ -22,6 +22,7 @@ from tether.agent import host
 from tether.agent.collectors import Collector, default_collectors
 from tether.agent.health import Health
 from tether.agent.storage import Store
+from tether.node import host_labels
 from tether.node.cloud_d import ClaimState, load_claim_state
 from tether.node.config import AgentConfig, load_config
 from tether.paths import AgentPaths
@@ -61,11 +62,22 @@ class Agent:
         self.auto_claim: AutoClaim | None = None
         self.dashboard_claim: DashboardClaim | None = None
         self.shutdown_hooks: list[Callable[[str], Awaitable[None]]] = []
+        # Called with the time of each collection (the stream child sends it).
+        self.collect_listeners: list[Callable[[int], None]] = []
+        # Set by tether.agent.main when [stream] makes this agent a parent / child.
+        self.stream_parent: Any = None
+        self.stream_child: Any = None
         self.stop_event = asyncio.Event()
         self.stop_reason = ""
         self.last_cycle_ms = 0.0
         self.cycles = 0
         self.hostname = config.get("global", "hostname") or host.hostname()
+        # [host labels] of tether.conf, sent in Hello; `tether-cli reload-labels`
+        # re-reads them and tells the listeners (the link) of a change.
+        self.host_labels, problems = host_labels.read(config.path)
+        for why in problems:
+            log.warning("%s", why)
+        self.labels_listeners: list[Callable[[dict[str, str]], None]] = []
         osr = host.os_release()  # the host's, under TETHER_HOST_ROOT
         uname = platform.uname()
         self.os_info = {
@@ -107,6 +119,20 @@ class Agent:
         if callable(reload):
             reload(self.claim)
         return self.claim
+
+    def reload_labels(self) -> tuple[bool, list[str]]:
+        """Re-read [host labels]; (changed, problems). A change goes to the
+        Cloud at once if the link is up, else in the next Hello."""
+        labels, problems = host_labels.read(self.config.path)
+        for why in problems:
+            log.warning("%s", why)
+        changed = labels != self.host_labels
+        self.host_labels = labels
+        if changed:
+            log.info("host labels reloaded: %d label(s)", len(labels))
+            for listener in self.labels_listeners:
+                listener(dict(labels))
+        return changed, problems
 
     def reload_health(self) -> None:
         if self.config.path is not None:
@@ -151,6 +177,19 @@ class Agent:
             "machine_guid": self.machine_guid,
             **self.os_info,
         }
+
+    @property
+    def alert_count(self) -> int:
+        return len(self.health.alerts)
+
+    def stream_status(self) -> dict[str, Any] | None:
+        """[stream] as this agent plays it: parent, child, both or neither."""
+        parts = [p.status() for p in (self.stream_parent, self.stream_child) if p is not None]
+        if not parts:
+            return None
+        return (
+            parts[0] if len(parts) == 1 else {"role": "both", "parent": parts[0], "child": parts[1]}
+        )
 
     def charts_summary(self) -> dict[str, Any]:
         return {
@@ -207,6 +246,8 @@ class Agent:
             except TimeoutError:
                 pass
             self.collect_once(target)
+            for listener in self.collect_listeners:
+                listener(target)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.health.every
                 try:

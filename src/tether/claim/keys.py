@@ -3,6 +3,9 @@
 `private.pem` (PKCS#8, mode 0600 from its first byte) and `public.pem`
 (SubjectPublicKeyInfo). A key is reused on later claims of the same identity,
 so claiming again is harmless; a new identity (`-id=`) gets a new key.
+`tether-cli rotate-key` replaces the key without a claim (tether.node.key_files).
+A node that lost its key claims again: with its old id the Cloud refuses the new
+key (ErrAlreadyClaimed), so it claims as a new node with -id=$(uuidgen).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tether.atomic import write_atomic
+from tether.node import key_files
 
-KEY_BITS = 2048
+KEY_BITS = key_files.KEY_BITS
 
 
 class KeyFileError(Exception):
@@ -30,15 +34,7 @@ class KeyPair:
 
 
 def generate() -> KeyPair:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    private, public = key_files.generate_pair()  # the same keys a rotation makes
     return KeyPair(private, public, created=True)
 
 

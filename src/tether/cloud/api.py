@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.cloud import node_list, room_rules, space_ops
+from tether.cloud import audit, bulk_remove, node_list, room_rules, space_ops, stale_nodes
 from tether.cloud.auth import Principal, require_user
 from tether.cloud.body import int_field, read_json
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError, bad_request, error_response, forbidden, not_found
-from tether.cloud.models import ClaimAudit, Room, Space, SpaceInvitation, User, utcnow
+from tether.cloud.models import ApiToken, ClaimAudit, Room, Space, SpaceInvitation, User, utcnow
 from tether.cloud.secrets import SecretBox, iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import labels as label_store
@@ -157,24 +157,38 @@ def create_my_token(c: Ctx) -> Any:
     user = c.s.get(User, c.user.user_id)
     assert user is not None
     name = c.body.get("name") if isinstance(c.body.get("name"), str) else "api"
-    token, row = user_store.create_api_token(c.s, user, str(name))
-    return {"token": token, "prefix": row.prefix, "name": row.name}
+    scope = c.body.get("scope", "full")
+    days = c.body.get("expires_in_days")
+    if days is not None and (
+        not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650
+    ):
+        raise bad_request("expires_in_days must be a whole number of days, 1 to 3650 (or absent).")
+    if not isinstance(scope, str) or scope not in user_store.SCOPES:
+        raise bad_request(f"scope must be one of: {', '.join(user_store.SCOPES)}.")
+    expires = utcnow() + dt.timedelta(days=days) if days else None
+    token, row = user_store.create_api_token(c.s, user, str(name), scope, expires)
+    return {**api_token_json(row), "token": token}
+
+
+def api_token_json(t: ApiToken) -> dict[str, Any]:
+    """An API token as listed (never its secret)."""
+    return {
+        "prefix": t.prefix,
+        "name": t.name,
+        "scope": t.scope,
+        "created_at": iso(t.created_at),
+        "expires_at": iso(t.expires_at),
+        "last_used_at": iso(t.last_used_at),
+        "revoked": t.revoked,
+        "expired": user_store.api_token_expired(t),
+    }
 
 
 @endpoint
 def list_my_tokens(c: Ctx) -> Any:
     """The signed-in user's API tokens (prefix and metadata, never the token);
     `last_used_at` is updated at most once a minute."""
-    return [
-        {
-            "prefix": t.prefix,
-            "name": t.name,
-            "created_at": iso(t.created_at),
-            "last_used_at": iso(t.last_used_at),
-            "revoked": t.revoked,
-        }
-        for t in user_store.api_tokens_of(c.s, c.user.user_id)
-    ]
+    return [api_token_json(t) for t in user_store.api_tokens_of(c.s, c.user.user_id)]
 
 
 @endpoint
@@ -493,8 +507,11 @@ def list_claim_tokens(c: Ctx) -> Any:
 @endpoint
 def create_claim_token(c: Ctx) -> Any:
     """Create a named claiming token (admin; JSON {"name", "expires_in", "max_uses",
-    "rooms", "labels", "ephemeral"}). The token is shown only in this answer."""
-    token, row = space_ops.create_claim_token(c.s, c.user, c.param("space_id"), c.body, utcnow())
+    "rooms", "labels", "ephemeral", "ephemeral_ttl"}). The token is shown only in this answer."""
+    min_ttl = c.request.app.state.settings.min_ephemeral_ttl_seconds
+    token, row = space_ops.create_claim_token(
+        c.s, c.user, c.param("space_id"), c.body, utcnow(), min_ttl
+    )
     return {**claim_tokens.token_json(row), "token": token}
 
 
@@ -603,6 +620,57 @@ def delete_node(c: Ctx) -> Any:
     return Response(status_code=204, background=BackgroundTask(links.close_node, node_id))
 
 
+@endpoint
+def remove_nodes(c: Ctx) -> Any:
+    """Remove every node that matches a filter (manager or admin; JSON {"q", "state",
+    "os", "agent_version", "label", "not_seen_for_days", "dry_run"}); at least one
+    filter, at most 5,000 nodes a call (`more` says there are others)."""
+    dry_run = c.body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise bad_request('"dry_run" must be true or false.')
+    f = bulk_remove.from_json(c.body)
+    out = bulk_remove.run(c.s, c.user, c.param("space_id"), f, utcnow(), dry_run)
+    if dry_run or not out["nodes"]:
+        return JSONResponse(out)
+    links = c.request.app.state.links
+    node_ids = [n["id"] for n in out["nodes"]]
+
+    async def close_links() -> None:  # after the commit: their live links go now (4003)
+        for node_id in node_ids:
+            await links.close_node(node_id)
+
+    return JSONResponse(out, background=BackgroundTask(close_links))
+
+
+@endpoint
+def get_stale_policy(c: Ctx) -> Any:
+    """The Space's stale-node policy: {"after_days", "action": remove|mark} (admin)."""
+    return stale_nodes.policy_json(c.space("admin"))
+
+
+@endpoint
+def set_stale_policy(c: Ctx) -> Any:
+    """Set the stale-node policy (admin; JSON {"after_days": N, "action": "remove"|"mark"},
+    {"after_days": null} turns it off)."""
+    if "after_days" not in c.body:
+        raise bad_request('Send JSON {"after_days": N, "action": "remove" or "mark"} (null: off).')
+    space = space_ops.set_stale_policy(
+        c.s, c.user, c.param("space_id"), c.body["after_days"], c.body.get("action")
+    )
+    return stale_nodes.policy_json(space)
+
+
+@endpoint
+def audit_log(c: Ctx) -> Any:
+    """The Space's audit log, newest first (admin): `action` (comma-separated; a
+    prefix ending in "." matches a family), `actor`, `since` (ISO 8601), `limit`
+    (1..500, default 100) and `before` (the `next_before` of the previous page)."""
+    space = c.space("admin")
+    q = audit.parse(dict(c.request.query_params))
+    rows, next_before = audit.page(c.s, space.id, q)
+    return {"entries": [audit.entry_json(e) for e in rows], "next_before": next_before}
+
+
 async def disconnect_node(request: Request) -> Response:
     """Ask a node to disconnect and reconnect after a delay (manager or admin).
     Async, not an @endpoint: the link (app.state.links) is asked after the check."""
@@ -680,6 +748,10 @@ def routes() -> list[Route]:
         Route(sp + "/rooms/{room_id}/rules", add_room_rule, methods=["POST"]),
         Route(sp + "/rooms/{room_id}/rules/{rule_id}", remove_room_rule, methods=["DELETE"]),
         Route(f"{sp}/nodes", list_nodes, methods=["GET"]),
+        Route(f"{sp}/nodes/remove", remove_nodes, methods=["POST"]),
+        Route(f"{sp}/stale-policy", get_stale_policy, methods=["GET"]),
+        Route(f"{sp}/stale-policy", set_stale_policy, methods=["PUT"]),
+        Route(f"{sp}/audit", audit_log, methods=["GET"]),
         Route(sp + "/nodes/{node_id}", get_node, methods=["GET"]),
         Route(sp + "/nodes/{node_id}", delete_node, methods=["DELETE"]),
         Route(sp + "/nodes/{node_id}/disconnect", disconnect_node, methods=["POST"]),

@@ -18,6 +18,8 @@ from tether.cloud import (
     api,
     auth,
     claim,
+    composite,
+    lifecycle_api,
     limits,
     link,
     node_auth,
@@ -25,6 +27,7 @@ from tether.cloud import (
     outage,
     readiness,
     relay,
+    shared_limits,
     web,
 )
 from tether.cloud.alerts import api as alerts_api
@@ -111,8 +114,10 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
         *claim.routes(),
         *api.routes(),
         *node_auth.routes(),
+        *lifecycle_api.routes(),
         *link.routes(),
         *relay.routes(),
+        *composite.routes(),
         *alerts_api.routes(),
         *alerts_web.routes(),
         # Other parts add their route lists here; the UI is mounted last since it owns "/".
@@ -133,10 +138,16 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     app.state.settings = settings
     app.state.db = db
     app.state.secret_box = SecretBox(settings.secret_key_file)
-    # Failed claims per address (IPv6 per /64) per minute.
-    app.state.claim_limiter = limits.Window(
-        settings.claim_failures_per_minute, 60.0, time.monotonic
+    # Limits on guesses: in scale-out mode (PostgreSQL and NATS: several
+    # processes) counted once for all of them in the database, else in memory.
+    windows = (
+        shared_limits.shared_windows(db.engine.url)
+        if settings.nats_url and not db.is_sqlite
+        else limits.in_memory(time.monotonic)
     )
+    # Failed claims per address (IPv6 per /64) per minute.
+    app.state.claim_limiter = windows("claim", settings.claim_failures_per_minute, 60.0)
+    app.state.login_limits = auth.LoginLimits(windows=windows)
     app.state.on_shutdown = on_shutdown
     app.state.router = router
     app.state.links = links
@@ -144,7 +155,9 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     app.state.node_watcher = node_watcher
     app.state.secret_store = secret_store
     app.state.auth_limiter = node_auth.AuthLimits(
-        settings.auth_failures_per_minute, settings.auth_requests_per_address_per_minute
+        settings.auth_failures_per_minute,
+        settings.auth_requests_per_address_per_minute,
+        windows=windows,
     )
     app.state.version = getattr(tether, "__version__", "0")
     outage.install(app, db.engine)

@@ -40,7 +40,8 @@ from tether.cloud.body import read_json
 from tether.cloud.client import client_address
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError
-from tether.cloud.limits import Clock, Window, address_key
+from tether.cloud.limits import Clock, WindowFactory, address_key, in_memory
+from tether.cloud.limits import run as run_limit
 from tether.cloud.models import ApiToken, LoginSession, Node, Space, SpaceMember, User, utcnow
 from tether.cloud.routing import Router
 from tether.cloud.secrets import DUMMY_PASSWORD_HASH, aware, verify_password
@@ -65,6 +66,7 @@ class Principal:
     name: str
     via: str  # "token" or "session"
     csrf: str | None = None
+    scope: str = "full"  # an API token's scope: "read" allows GET and HEAD only
 
 
 class AuthCache:
@@ -238,12 +240,16 @@ def _lookup(db: Database, bearer: str | None, sid: str | None) -> tuple[Principa
             if found is None:
                 return None, 0.0
             user, row = found
-            principal = Principal(user.id, user.email, user.name, "token")
+            principal = Principal(user.id, user.email, user.name, "token", scope=row.scope)
             touch = user_store.touch_due(row)
+            # Cached no longer than the token lives (else only the cache's TTL bounds it).
+            left = (
+                (aware(row.expires_at) - utcnow()).total_seconds() if row.expires_at else math.inf
+            )
         if touch:
             with db.session(write_lock=True) as s:
                 user_store.touch_api_token(s, bearer)
-        return principal, math.inf  # no expiry of its own: the cache's TTL bounds it
+        return principal, left
     if sid:
         with db.session() as s:
             session_found = user_store.session_for(s, sid)
@@ -344,6 +350,17 @@ def _require(request: Request, principal: Principal | None) -> Principal:
             {"WWW-Authenticate": "Bearer"},
         )
     check_csrf(request, principal, request.headers.get(CSRF_HEADER))
+    if (
+        principal.via == "token"
+        and principal.scope == "read"
+        and request.method not in SAFE_METHODS
+    ):
+        raise ApiError(
+            403,
+            "ErrTokenScope",
+            "This API token is read-only (scope read): it may only GET. Create a token "
+            "with scope full on your account page for changes.",
+        )
     return principal
 
 
@@ -419,9 +436,13 @@ class LoginLimits:
         clock: Clock = time.monotonic,
         per_address: int = LOGIN_ATTEMPTS_PER_ADDRESS,
         per_account: int = LOGIN_ATTEMPTS_PER_ACCOUNT,
+        windows: WindowFactory | None = None,
     ) -> None:
-        self.addresses = Window(per_address, LOGIN_WINDOW_SECONDS, clock)
-        self.accounts = Window(per_account, LOGIN_WINDOW_SECONDS, clock)
+        # `windows`: shared by every Cloud process in scale-out (tether.cloud.shared_limits).
+        make = windows or in_memory(clock)
+        self.addresses = make("login-address", per_address, LOGIN_WINDOW_SECONDS)
+        self.accounts = make("login-account", per_account, LOGIN_WINDOW_SECONDS)
+        self.blocking = self.addresses.blocking or self.accounts.blocking
 
     def begin(self, address: str, account: str) -> None:
         """Count an attempt now, before the password is checked; raise 429 if
@@ -473,11 +494,11 @@ async def sign_in(
     alike; 429 `ErrRateLimited` with Retry-After over a limit."""
     account = user_store.normalize_email(email)[:_MAX_EMAIL]
     where = address_key(address)
-    limits.begin(where, account)
+    await run_limit(limits.blocking, limits.begin, where, account)
     found = await run_in_threadpool(_check_and_start_session, db, account, password, days)
     if found is None:
         raise ApiError(401, "ErrUnauthorized", "Wrong email or password.")
-    limits.succeeded(where, account)
+    await run_limit(limits.blocking, limits.succeeded, where, account)
     return found
 
 

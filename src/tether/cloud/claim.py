@@ -28,12 +28,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tether.cloud import node_metadata, room_rules
+from tether.cloud import audit, limits, node_metadata, room_rules
 from tether.cloud.body import BadJson, parse_json, read_limited
 from tether.cloud.client import client_address
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError, error_response
-from tether.cloud.limits import Window, address_key
+from tether.cloud.limits import Limiter, address_key
 from tether.cloud.models import ClaimAudit, ClaimToken, Node, Room, utcnow
 from tether.cloud.outage import DATABASE_ERRORS
 from tether.cloud.secrets import CLAIM_KIND, aware, same_hash, token_prefix
@@ -293,6 +293,8 @@ def apply_claim(
                 state_since=now,
                 state_cause="claimed, not connected yet",
                 last_address=address,
+                # Removed after this long not live (tether.cloud.stale_nodes).
+                ephemeral_ttl_seconds=tok.ephemeral_ttl_seconds if tok.ephemeral else None,
             )
             s.add(node)
             s.flush()
@@ -307,6 +309,17 @@ def apply_claim(
             label_store.set_source(s, node.id, "token", token_labels)
         room_rules.apply_to_node(s, node.id, tok.space_id)
         token_store.record_use(s, tok, node.id, address, result)
+        actor = f"token:{tok.name}"
+        used = {"prefix": prefix, "node_id": node.id, "address": address, "result": result}
+        audit.record(s, tok.space_id, actor, "token.used", tok.name, used)
+        audit.record(
+            s,
+            tok.space_id,
+            actor,
+            f"node.{result}",
+            node.id,
+            {"hostname": node.hostname, "token": tok.name, "prefix": prefix, "address": address},
+        )
         s.add(
             ClaimAudit(
                 token_prefix=prefix,
@@ -352,11 +365,12 @@ def _token_of(raw: bytes) -> str | None:
 async def claim_node(request: Request) -> Response:
     """Claim a node into the Space of the claiming token (204 on success)."""
     db: Database = request.app.state.db
-    limiter: Window = request.app.state.claim_limiter  # failures per address (IPv6 per /64)
+    limiter: Limiter = request.app.state.claim_limiter  # failures per address (IPv6 per /64)
     address = client_address(request)
     path_id = str(request.path_params["node_id"])
 
-    wait = limiter.retry_after(address_key(address))
+    # Shared by every process in scale-out: asked in a worker thread then.
+    wait = await limits.run(limiter.blocking, limiter.retry_after, address_key(address))
     if wait:
         return error_response(
             429,
@@ -384,7 +398,7 @@ async def claim_node(request: Request) -> Response:
             )
     except ClaimError as exc:
         if exc.key != "ErrInternalServerError":
-            limiter.add(address_key(address))
+            await limits.run(limiter.blocking, limiter.add, address_key(address))
         prefix = token_prefix(token, CLAIM_KIND) if token else None
         log.info(
             "claim of node %s from %s refused: %s (token prefix %s)",

@@ -84,6 +84,20 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         default=10,
         help="failed claims allowed per source address per minute (default 10)",
     )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a load balancer (address or network) allowed to send a PROXY protocol "
+        "header (v1 or v2) naming the real client (repeatable; default: none, any "
+        "PROXY header is refused)",
+    )
+    p.add_argument(
+        "--require-proxy-header",
+        action="store_true",
+        help="refuse connections from a --trusted-proxy that send no PROXY header",
+    )
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
     # Also after the subcommand (`serve -v`); SUPPRESS keeps a `-v` given before it.
     p.add_argument(
@@ -133,6 +147,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="seconds a node-auth challenge stays valid, at most 59 (default 50)",
     )
     p.add_argument(
+        "--resume-token-ttl",
+        type=float,
+        default=600.0,
+        help="seconds a resume token (reconnect without a challenge, docs/protocol.md) "
+        "stays valid, 1 to 3600 (default 600)",
+    )
+    p.add_argument(
         "--auth-failures-per-minute",
         type=int,
         default=5,
@@ -163,6 +184,25 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=100_000,
         help="claim audit rows kept in all, newest first (default 100000)",
+    )
+    p.add_argument(
+        "--audit-days",
+        type=float,
+        default=365.0,
+        help="days of audit log kept (default 365)",
+    )
+    p.add_argument(
+        "--audit-rows-per-space",
+        type=int,
+        default=100_000,
+        help="audit log entries kept per Space, newest first (default 100000)",
+    )
+    p.add_argument(
+        "--min-ephemeral-ttl",
+        type=int,
+        default=60,
+        help="the shortest TTL (seconds) an ephemeral claiming token may set; lowered only "
+        "by tests (default 60)",
     )
     p.add_argument(
         "--alert-grace-seconds",
@@ -232,6 +272,8 @@ def _make_settings(a: argparse.Namespace) -> CloudSettings:
         key_file=getattr(a, "key", None),
         agent_bundle=getattr(a, "agent_bundle", None),
         claim_failures_per_minute=getattr(a, "claim_failures_per_minute", 10),
+        trusted_proxies=_trusted_proxies(getattr(a, "trusted_proxy", [])),
+        require_proxy_header=getattr(a, "require_proxy_header", False),
         keepalive_seconds=_positive(getattr(a, "keepalive", 20.0), "--keepalive", 0.2, 3600),
         nats_url=getattr(a, "nats_url", None),
         nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
@@ -258,6 +300,9 @@ def _make_settings(a: argparse.Namespace) -> CloudSettings:
         challenge_ttl_seconds=_positive(
             getattr(a, "challenge_ttl", 50.0), "--challenge-ttl", 1, 59
         ),
+        resume_token_ttl_seconds=_positive(
+            getattr(a, "resume_token_ttl", 600.0), "--resume-token-ttl", 1, 3600
+        ),
         auth_failures_per_minute=int(getattr(a, "auth_failures_per_minute", 5)),
         auth_requests_per_address_per_minute=int(
             getattr(a, "auth_requests_per_address_per_minute", 6000)
@@ -269,6 +314,13 @@ def _make_settings(a: argparse.Namespace) -> CloudSettings:
             getattr(a, "node_events_per_node", 1000), "--node-events-per-node"
         ),
         claim_audit_rows=_count(getattr(a, "claim_audit_rows", 100_000), "--claim-audit-rows"),
+        audit_days=_positive(getattr(a, "audit_days", 365.0), "--audit-days", 0.001, 36500, "days"),
+        audit_rows_per_space=_count(
+            getattr(a, "audit_rows_per_space", 100_000), "--audit-rows-per-space"
+        ),
+        min_ephemeral_ttl_seconds=_count(
+            getattr(a, "min_ephemeral_ttl", 60), "--min-ephemeral-ttl", 1, 86400
+        ),
         header_timeout_seconds=_positive(
             getattr(a, "header_timeout", 10.0), "--header-timeout", 0.5, 600
         ),
@@ -279,6 +331,15 @@ def _make_settings(a: argparse.Namespace) -> CloudSettings:
             getattr(a, "max_unfinished_connections", 1000), "--max-unfinished-connections", 1
         ),
     )
+
+
+def _trusted_proxies(values: list[str]) -> tuple[str, ...]:
+    from tether.cloud.proxy_listener import parse_networks
+
+    try:
+        return tuple(str(n) for n in parse_networks(values))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _at_least(value: int, flag: str, low: int) -> int:
@@ -301,14 +362,48 @@ def _count(value: int, flag: str, low: int = 1, high: int = 100_000_000) -> int:
 
 def _open_db(settings: CloudSettings) -> Any:
     from tether.cloud.db import Database, migrate
+    from tether.cloud.shared_config import startup_lock
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url)
+    if settings.db_url in _MIGRATED:  # quickstart opens it several times: once is enough
+        return db
     try:
-        migrate(db.engine)
+        # PostgreSQL: processes started at once migrate one after the other.
+        with startup_lock(db.engine):
+            migrate(db.engine)
     except Exception as exc:
         raise CliError(f"cannot open the database {_safe_url(settings.db_url)}: {exc}") from exc
+    _MIGRATED.add(settings.db_url)
     return db
+
+
+_MIGRATED: set[str] = set()  # database URLs this process brought to the newest schema
+
+
+def _scale_out(settings: CloudSettings) -> bool:
+    return bool(settings.nats_url) and not settings.db_url.startswith("sqlite")
+
+
+def _share_files(settings: CloudSettings) -> bool:
+    """Scale-out: the CA, server certificate and secret.key from the database
+    into the data dir, or made here and stored there by the first process
+    (tether.cloud.shared_config). True when this call made them."""
+    from tether.cloud.secrets import SecretBox
+    from tether.cloud.shared_config import SharedConfigError, share, startup_lock
+
+    def make_local() -> None:
+        _tls(settings)
+        SecretBox(settings.secret_key_file)
+
+    db = _open_db(settings)
+    try:
+        with startup_lock(db.engine):
+            return share(db.engine, settings.data_dir, make_local).made
+    except SharedConfigError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        db.dispose()
 
 
 def _safe_url(url: str) -> str:
@@ -385,6 +480,10 @@ def _serve(settings: CloudSettings, a: argparse.Namespace, on_ready: Callable[..
     from tether.cloud.app import create_app
     from tether.cloud.server import run
 
+    if settings.require_proxy_header and not settings.trusted_proxies:
+        raise CliError("--require-proxy-header needs --trusted-proxy CIDR (the balancers)")
+    if _scale_out(settings):
+        _share_files(settings)
     served = _tls(settings)
     if settings.nats_url:
         _check_nats(settings.nats_url)
@@ -442,6 +541,57 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return _serve(settings, a, ready)
 
 
+def cmd_init(a: argparse.Namespace) -> int:
+    """Prepare a scale-out Cloud once: migrations, the CA, server certificate
+    and secret.key in the database, the first admin. Safe to run again and
+    from several machines at once (docs/operations.md, Scale-out)."""
+    from tether.cloud.bootstrap import prepare
+    from tether.cloud.secrets import SecretBox
+    from tether.cloud.shared_config import startup_lock
+
+    settings = _settings(a)
+    if settings.db_url.startswith("sqlite"):
+        raise CliError(
+            "init prepares a scale-out Cloud: give --database-url postgresql+psycopg://... "
+            "(a single process on SQLite needs no init: `tether-cloud quickstart`)"
+        )
+    _check_nats(a.nats_url)
+    made = _share_files(settings)
+    served = _tls(settings)
+    db = _open_db(settings)
+    try:
+        with startup_lock(db.engine):  # one first admin, whoever runs init at once
+            prep = prepare(db, SecretBox(settings.secret_key_file), settings.data_dir)
+    finally:
+        db.dispose()
+    out = {
+        "database_url": _safe_url(settings.db_url),
+        "nats_url": a.nats_url,
+        "files_made": made,
+        "ca_sha256": served.ca_sha256,
+        "admin_email": prep.admin_email,
+        "admin_password": prep.admin_password,
+        "space_id": prep.space_id,
+        "api_token_file": str(prep.api_token_file),
+    }
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    state = "made and stored in the database" if made else "already in the database"
+    print(f"CA, server certificate and secret.key: {state}")
+    if served.ca_sha256:
+        print(f"CA SHA-256: {served.ca_sha256}")
+    if prep.admin_password:
+        print(f"Sign in as {prep.admin_email}, password {prep.admin_password} (shown only once)")
+    else:
+        print(f"Admin {prep.admin_email} exists (password unchanged)")
+    print(
+        "Start every process with: tether-cloud serve --database-url URL "
+        f"--nats-url {a.nats_url} [--public-url https://BALANCER:PORT]"
+    )
+    return 0
+
+
 def _node_commands(url: str, token: str, room: str, served: _Served) -> list[str]:
     """The Linux commands Connect Nodes shows, for the quickstart to print."""
     from tether.cloud.web import commands
@@ -460,12 +610,16 @@ def _node_commands(url: str, token: str, room: str, served: _Served) -> list[str
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from tether.cloud.bootstrap import prepare
     from tether.cloud.secrets import SecretBox
+    from tether.cloud.shared_config import startup_lock
 
     settings = _settings(a)
+    if _scale_out(settings):
+        _share_files(settings)
     served = _tls(settings)
     db = _open_db(settings)
     try:
-        prep = prepare(db, SecretBox(settings.secret_key_file), settings.data_dir)
+        with startup_lock(db.engine):  # processes started at once make one admin
+            prep = prepare(db, SecretBox(settings.secret_key_file), settings.data_dir)
     finally:
         db.dispose()
     url = settings.url
@@ -629,6 +783,7 @@ def cmd_create_space(a: argparse.Namespace) -> int:
 
 
 def cmd_add_member(a: argparse.Namespace) -> int:
+    from tether.cloud import audit
     from tether.cloud.models import Space
     from tether.cloud.store import spaces as space_store
     from tether.cloud.store import users as user_store
@@ -641,7 +796,11 @@ def cmd_add_member(a: argparse.Namespace) -> int:
                 raise CliError(f"no user with email {a.email}")
             if s.get(Space, a.space) is None:
                 raise CliError(f"no space with id {a.space}")
+            before = space_store.role_of(s, a.space, user.id)
             space_store.set_member(s, a.space, user, a.role)
+            if before != a.role:
+                action = "member.added" if before is None else "member.role_changed"
+                audit.record(s, a.space, "cli", action, user.email, {"from": before, "to": a.role})
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(f"{a.email} is now {a.role} of space {a.space}")
@@ -680,6 +839,7 @@ def cmd_token(a: argparse.Namespace) -> int:
 
 def cmd_named_token(a: argparse.Namespace) -> int:
     """`token create|list|revoke`: a Space's named claiming tokens."""
+    from tether.cloud import audit, stale_nodes
     from tether.cloud.models import Space, utcnow
     from tether.cloud.store import claim_tokens
     from tether.cloud.store import labels as label_store
@@ -693,6 +853,9 @@ def cmd_named_token(a: argparse.Namespace) -> int:
                 raise CliError(f"no space with id {a.space}")
             if action == "create":
                 expires = now + dt.timedelta(seconds=a.expires_in) if a.expires_in else None
+                if a.ttl is not None and not a.ephemeral:
+                    raise CliError("--ttl needs --ephemeral")
+                ttl = stale_nodes.check_ttl(a.ttl) if a.ephemeral and a.ttl is not None else None
                 token, row = claim_tokens.create(
                     s,
                     a.space,
@@ -703,7 +866,9 @@ def cmd_named_token(a: argparse.Namespace) -> int:
                     rooms=a.room,
                     labels=label_store.parse_pairs(a.label),
                     ephemeral=a.ephemeral,
+                    ephemeral_ttl=ttl,
                 )
+                audit.record(s, a.space, "cli", "token.created", row.name, {"prefix": row.prefix})
                 out: object = {**claim_tokens.token_json(row, now), "token": token}
                 text = token
                 note = f"claiming token {row.name!r} ({row.prefix}): shown only this once"
@@ -724,12 +889,42 @@ def cmd_named_token(a: argparse.Namespace) -> int:
                         f"no claiming token {a.token!r} in space {a.space}; "
                         "see `tether-cloud token list`"
                     )
-                claim_tokens.revoke(s, found, "tether-cloud token revoke", now)
+                if claim_tokens.revoke(s, found, "tether-cloud token revoke", now):
+                    audit.record(
+                        s, a.space, "cli", "token.revoked", found.name, {"prefix": found.prefix}
+                    )
                 out = claim_tokens.token_json(found, now)
                 text = f"revoked claiming token {found.name!r} ({found.prefix})"
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(json.dumps(out) if a.json else text)
+    return 0
+
+
+def cmd_stale_policy(a: argparse.Namespace) -> int:
+    """`space stale-policy`: show or set what happens to nodes long offline."""
+    from tether.cloud import stale_nodes
+    from tether.cloud.models import Space
+
+    db = _open_db(_settings(a))
+    changing = a.off or a.after_days is not None
+    try:
+        with db.session(write_lock=changing) as s:
+            space = s.get(Space, a.space)
+            if space is None:
+                raise CliError(f"no space with id {a.space}")
+            if changing:
+                days, action = stale_nodes.check_policy(None if a.off else a.after_days, a.action)
+                stale_nodes.set_policy(s, space, days, action, "cli")
+            out = stale_nodes.policy_json(space)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if a.json:
+        print(json.dumps(out))
+    elif out["after_days"] is None:
+        print(f"space {a.space}: no stale policy (nodes stay however long they are offline)")
+    else:
+        print(f"space {a.space}: nodes not live for {out['after_days']} days: {out['action']}")
     return 0
 
 
@@ -751,6 +946,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the Cloud")
     _serve_args(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "init",
+        help="prepare a scale-out Cloud once: the CA, certificate, secret key and first "
+        "admin, in the database",
+        description="Run once (safe again, and on several machines at once) before starting "
+        "several `serve` processes with the same --database-url and --nats-url: migrates the "
+        "database and stores the CA, the server certificate and secret.key in it, and makes "
+        "the first admin (its password printed once).",
+    )
+    _data_args(p)
+    p.add_argument("--nats-url", required=True, help="the NATS server every process uses")
+    p.add_argument("--public-url", metavar="URL", help="the balancer's https://NAME[:PORT]")
+    p.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("quickstart", help="prepare an admin, a Space and tokens, then serve")
     _serve_args(p)
@@ -850,7 +1061,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-uses", type=int, help="how many nodes it may enroll (default: any)")
     p.add_argument("--room", action="append", default=[], help="a room id or name (repeatable)")
     p.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
-    p.add_argument("--ephemeral", action="store_true", help="mark its nodes ephemeral")
+    p.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="its nodes are removed once offline for --ttl (default 3600 s)",
+    )
+    p.add_argument("--ttl", type=int, help="--ephemeral: seconds offline before removal (>= 60)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_named_token)
     p = tok.add_parser("list", help="the Space's claiming tokens (never their secrets)")
@@ -859,6 +1075,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="revoked ones too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_named_token)
+    space_cmd = sub.add_parser("space", help="a Space's policies").add_subparsers(
+        dest="space_cmd", required=True
+    )
+    p = space_cmd.add_parser(
+        "stale-policy", help="show or set what happens to nodes not live for N days"
+    )
+    _data_args(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--after-days", type=int, help="days not live before the action (1..3650)")
+    p.add_argument("--action", choices=["remove", "mark"], default="mark")
+    p.add_argument("--off", action="store_true", help="turn the policy off")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stale_policy)
+
     p = tok.add_parser("revoke", help="refuse new claims with a token; its nodes stay")
     _data_args(p)
     p.add_argument("--space", required=True)

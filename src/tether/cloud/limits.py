@@ -8,6 +8,10 @@ without limit.
 - `Window`: at most `limit` events per key in a sliding `window` of seconds.
   Callers count an attempt when it *starts* (`hit`), so attempts in flight are
   counted too; 60 concurrent logins cannot all slip under a limit of 10.
+  `Limiter` is its interface, also kept by `shared_limits.SharedWindow` (the
+  same window in PostgreSQL, for every Cloud process at once); a
+  `WindowFactory` makes one of either kind, and `run` calls a limiter's
+  method, in a worker thread when it is `blocking` (asks the database).
 - `TokenBucket`: a steady rate with a burst, for per-link frame budgets.
 - `address_key`: the key a client address is limited by (IPv6 per /64, since
   one host usually owns a whole /64).
@@ -23,14 +27,72 @@ import collections
 import ipaddress
 import math
 import threading
+import time
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 Clock = Callable[[], float]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MAX_KEYS = 100_000
 
 
-class Window:
+class Limiter:
+    """At most `limit` events per key within `window` seconds (see `Window`)."""
+
+    limit: int
+    window: float
+    blocking = False  # True: its methods wait for the database (use `run`)
+
+    def hit(self, key: str) -> int:
+        """Count one event for `key` if it is within the limit and return 0;
+        else count nothing and return the seconds to wait."""
+        raise NotImplementedError
+
+    def add(self, key: str) -> None:
+        """Count one event whatever the limit says (a failure that happened)."""
+        raise NotImplementedError
+
+    def undo(self, key: str) -> None:
+        """Take back the newest event of `key`."""
+        raise NotImplementedError
+
+    def forget(self, key: str) -> None:
+        raise NotImplementedError
+
+    def retry_after(self, key: str) -> int:
+        """Whole seconds until `key` may act again; 0 when it may now."""
+        raise NotImplementedError
+
+    def count(self, key: str) -> int:
+        raise NotImplementedError
+
+
+# (scope, limit, window seconds) -> a limiter; scope names it across processes.
+WindowFactory = Callable[[str, int, float], Limiter]
+
+
+def in_memory(clock: Clock = time.monotonic) -> WindowFactory:
+    """Windows of this process only (SQLite, or a single process)."""
+
+    def make(scope: str, limit: int, window: float) -> Limiter:
+        return Window(limit, window, clock)
+
+    return make
+
+
+async def run(blocking: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args)`: at once for limits in memory, in a worker thread when
+    `blocking` (a shared limit asks the database; never on the event loop)."""
+    if not blocking:
+        return fn(*args, **kwargs)
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+class Window(Limiter):
     """At most `limit` events per key within `window` seconds. Thread-safe."""
 
     def __init__(self, limit: int, window: float, clock: Clock, max_keys: int = MAX_KEYS) -> None:

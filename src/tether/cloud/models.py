@@ -50,6 +50,9 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "read": GET and HEAD only; "full": everything its user may do (migration 0010).
+    scope: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
+    expires_at: Mapped[dt.datetime | None]
 
 
 class LoginSession(Base):
@@ -66,6 +69,10 @@ class Space(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The stale policy (tether.cloud.stale_nodes; migration 0008): nodes not
+    # live for this many days are removed or marked ("remove" | "mark").
+    stale_after_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stale_action: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 class SpaceMember(Base):
@@ -136,6 +143,8 @@ class ClaimToken(Base):
     rooms: Mapped[str] = mapped_column(Text, default="[]")  # JSON room ids
     labels: Mapped[str] = mapped_column(Text, default="{}")  # JSON {key: value}
     revoked_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    # Ephemeral tokens: seconds offline after which their nodes are removed (0008).
+    ephemeral_ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ClaimAudit(Base):
@@ -174,6 +183,19 @@ class Node(Base):
     link_process: Mapped[str | None] = mapped_column(String(64))
     duplicate_detected_at: Mapped[dt.datetime | None]
     duplicate_detail: Mapped[str | None] = mapped_column(Text)  # JSON text
+    # Lifecycle (tether.cloud.stale_nodes; migration 0008): an ephemeral node's
+    # TTL offline (from its token at claim), and when the stale policy marked it.
+    ephemeral_ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    stale_marked_at: Mapped[dt.datetime | None]
+    # Lifecycle (migration 0007): key rotation (tether.cloud.key_rotation),
+    # planned stops (tether.cloud.planned_stops), clones (tether.cloud.link.clones).
+    key_created_at: Mapped[dt.datetime | None]  # None: the key of the claim
+    previous_key_sha256: Mapped[str | None] = mapped_column(String(64))
+    planned_reason: Mapped[str | None] = mapped_column(String(32))
+    expected_back_at: Mapped[dt.datetime | None]
+    clone_conflict: Mapped[str | None] = mapped_column(Text)  # JSON text
+    clone_conflict_at: Mapped[dt.datetime | None]
+    clone_takeover_machine_id: Mapped[str | None] = mapped_column(String(64))
 
     rooms: Mapped[list[Room]] = relationship(secondary="node_rooms", lazy="selectin")
 
@@ -226,6 +248,19 @@ class LinkToken(Base):
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
+    consumed_at: Mapped[dt.datetime | None]
+
+
+class ResumeToken(Base):
+    """A short-lived, single-use token for one /aclk connection without a
+    challenge, handed out in HelloAck (tether.cloud.secret_store.ResumeTokens).
+    Only its SHA-256 is kept; rows, so it outlives the Cloud process."""
+
+    __tablename__ = "resume_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     consumed_at: Mapped[dt.datetime | None]
 
 
@@ -411,11 +446,27 @@ class RoomRule(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class AuditEntry(Base):
+    """Who did what in a Space (tether.cloud.audit; migration 0008)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))  # an email, "policy:..." or "token:..."
+    action: Mapped[str] = mapped_column(String(40))  # e.g. token.created, node.removed
+    target: Mapped[str | None] = mapped_column(String(200))
+    details: Mapped[str | None] = mapped_column(Text)  # JSON text
+
+    __table_args__ = (Index("ix_audit_log_space_id", "space_id", "id"),)
+
+
 __all__ = [
     "Alert",
     "AlertFlap",
     "AlertGrace",
     "ApiToken",
+    "AuditEntry",
     "Base",
     "ClaimAudit",
     "ClaimToken",

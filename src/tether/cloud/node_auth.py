@@ -92,20 +92,29 @@ class AuthLimits:
       Answers are always judged, so a correct answer wins, and failures from one
       address never refuse another address anything.
 
-    Each Cloud process keeps its own book (in memory), so with N processes an
-    address gets at most N times the budget."""
+    In scale-out mode the failure budgets are counted once for all processes
+    (tether.cloud.shared_limits); the request budget is per process, so with N
+    processes an address gets at most N times that one.
+
+    The handlers call the failure methods through `limits.run(self.blocking, ...)`:
+    shared ones ask the database, never on the event loop."""
 
     def __init__(
         self,
         failures_per_minute: int,
         requests_per_address_per_minute: int,
         clock: limits.Clock = time.monotonic,
+        windows: limits.WindowFactory | None = None,
     ) -> None:
+        # The flood guard stays per process (tether.cloud.shared_limits says why);
+        # the failure budgets are `windows`: shared by every process in scale-out.
         self.requests = limits.Window(requests_per_address_per_minute, 60.0, clock)
-        self.node_failures = limits.Window(failures_per_minute, 60.0, clock)
-        self.address_failures = limits.Window(
-            max(1, failures_per_minute) * ADDRESS_FAILURES_FACTOR, 60.0, clock
+        make = windows or limits.in_memory(clock)
+        self.node_failures = make("node-auth-node", failures_per_minute, 60.0)
+        self.address_failures = make(
+            "node-auth-address", max(1, failures_per_minute) * ADDRESS_FAILURES_FACTOR, 60.0
         )
+        self.blocking = self.node_failures.blocking or self.address_failures.blocking
         # Refusals logged per address: a flood from one address writes a few lines a minute.
         self.log = limits.LogLimiter(LOG_LINES_PER_ADDRESS_PER_MINUTE, 60.0, clock)
 
@@ -215,7 +224,9 @@ async def challenge(request: Request) -> Response:
     """A fresh challenge encrypted to the node's key (single use, expires < 60 s)."""
     call = _call(request)
     limiter: AuthLimits = request.app.state.auth_limiter
-    refused = limiter.admit(call.key) or limiter.may_challenge(call.node_id, call.key)
+    refused = limiter.admit(call.key) or await limits.run(
+        limiter.blocking, limiter.may_challenge, call.node_id, call.key
+    )
     if refused is not None:
         return _error(request, refused, call, "challenge")
     # A node closed over budget is refused here already, before any RSA work.
@@ -229,7 +240,7 @@ async def challenge(request: Request) -> Response:
     try:
         cid, sealed = await store.issue_challenge(call.node_id, call.key, ttl)
     except UnknownNode:
-        limiter.failed(call.node_id, call.key)
+        await limits.run(limiter.blocking, limiter.failed, call.node_id, call.key)
         return _error(request, _not_found(call.node_id), call, "challenge")
     except ChallengeRefused as cap:  # a cap is not the asker's failure
         return _error(request, _rate_limited(cap.message, cap.retry_after), call, "challenge")
@@ -269,7 +280,7 @@ async def password(request: Request) -> Response:
         req = msgspec.json.decode(raw, type=auth.PasswordRequest)
         answer = auth.b64decode(req.response)
     except (msgspec.MsgspecError, auth.AuthError, BadJson) as exc:
-        limiter.failed(call.node_id, call.key)
+        await limits.run(limiter.blocking, limiter.failed, call.node_id, call.key)
         log.warning(
             "node auth answer from %s for node %s is malformed", call.address, call.node_id[:40]
         )
@@ -283,9 +294,9 @@ async def password(request: Request) -> Response:
     try:
         token = await _answer(store, db, call.node_id, req.challenge_id, answer)
     except NodeAuthError as exc:
-        limiter.failed(call.node_id, call.key)
+        await limits.run(limiter.blocking, limiter.failed, call.node_id, call.key)
         return _error(request, exc, call, "answer")
-    limiter.succeeded(call.node_id, call.key)
+    await limits.run(limiter.blocking, limiter.succeeded, call.node_id, call.key)
     reply = auth.PasswordReply(
         link_token=token,
         link_url=link_url(request, settings),

@@ -39,7 +39,17 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "properties": {"email": {"type": "string"}, "password": {"type": "string"}},
         "required": ["email", "password"],
     },
-    ("POST", "/api/v1/me/api-tokens"): {"optional": True, "schema": _NAME},
+    ("POST", "/api/v1/me/api-tokens"): {
+        "optional": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "scope": {"type": "string", "enum": ["read", "full"]},
+                "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+            },
+        },
+    },
     ("POST", "/api/v1/spaces"): _NAME,
     ("PATCH", "/api/v1/spaces/{space_id}"): _NAME,
     ("POST", "/api/v1/spaces/{space_id}/members"): {
@@ -134,6 +144,8 @@ QUERIES: dict[tuple[str, str], list[str]] = {
         "page",
         "per_page",
     ],
+    # One chart across every live node of a room (tether.cloud.composite).
+    ("GET", "/api/v2/rooms/{room_id}/composite"): ["chart", "after", "points", "deadline_ms"],
     # The relay passes its query on to the agent's API.
     ("GET", "/api/v2/nodes/{node_id}/{name:path}"): [
         "chart",

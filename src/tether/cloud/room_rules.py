@@ -92,6 +92,19 @@ def _rule_nodes(s: Session, rule: RoomRule, only_node: str | None) -> Select[Any
     return q if only_node is None else q.where(label.node_id == only_node)
 
 
+def node_has_label(key: str, value: str | None) -> ColumnElement[bool]:
+    """SQL on `Node`: the node's winning value of `key` equals `value` (any
+    value when None). For filters over nodes (tether.cloud.bulk_remove)."""
+    label, higher = aliased(NodeLabel), aliased(NodeLabel)
+    outranked = exists().where(
+        higher.node_id == label.node_id, higher.key == label.key, higher.rank > label.rank
+    )
+    conds = [label.node_id == Node.id, label.key == key, not_(outranked)]
+    if value is not None:
+        conds.append(label.value == value)
+    return exists().where(*conds)
+
+
 def _wanted(s: Session, rules: list[RoomRule], only_node: str | None) -> Any:
     """SQL: the node ids the rules want in the room (any include, EXCEPT any
     exclude, as set operations), or None when there is no include rule."""

@@ -13,11 +13,17 @@ most MAX_OUTSTANDING_PER_ADDRESS of them for one address (`outstanding_refusal`)
   touched only from the event loop, so consuming is a dictionary pop and single
   use needs no lock. A link setup then costs one database read (the node's
   public key, read in shared batches) instead of write transactions serialised
-  through SQLite's write lock. A restart forgets them: agents authenticate
-  again after a restart anyway.
+  through SQLite's write lock. A restart forgets them: an agent that was
+  linked comes back with its resume token instead.
 - `DatabaseSecretStore` (several processes sharing the database and NATS): rows,
   counted under the node's row lock and consumed with one conditional
   UPDATE ... RETURNING, so of concurrent answers on any process exactly one wins.
+
+Resume tokens (`ResumeTokens`, docs/protocol.md "Resume") are rows in both:
+they exist to outlive the process that issued them (a Cloud restart, or
+another process in scale-out). Bound to their node, single use (a conditional
+UPDATE ... RETURNING), short-lived; a link set up by the challenge revokes the
+node's earlier ones.
 """
 
 from __future__ import annotations
@@ -31,14 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether.cloud import limits
 from tether.cloud.batching import GroupCommit
 from tether.cloud.db import Database
-from tether.cloud.models import LinkToken, Node, NodeChallenge, new_id, utcnow
+from tether.cloud.models import LinkToken, Node, NodeChallenge, ResumeToken, new_id, utcnow
 from tether.cloud.settings import CloudSettings
 from tether.protocol import auth
 
@@ -96,20 +102,33 @@ class SecretStore(Protocol):
     async def consume_link_token(self, token: str) -> str | None:
         """The node id of a valid, unused link token, now used; else None."""
 
+    def resume_grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
+        """A new resume token for the node (its HelloAck's), written by
+        `ResumeGrant.write` in the transaction that records the link live;
+        with `revoke_others` (the link was set up by the challenge) every
+        earlier one of the node stops working."""
+
+    async def issue_resume_tokens(self, node_ids: list[str]) -> dict[str, str]:
+        """One new resume token each, in one write (a stopping Cloud's Disconnects)."""
+
+    async def consume_resume_token(self, node_id: str, token: str) -> bool:
+        """Whether `token` is a valid, unused resume token of `node_id`, now used."""
+
     async def forget_node(self, node_id: str) -> None:
         """A removed node's outstanding challenges and tokens stop working."""
 
     async def purge_expired(self) -> None:
-        """Forget expired challenges and link tokens (run by the link sweeper)."""
+        """Forget expired challenges, link and resume tokens (run by the link sweeper)."""
 
 
 def make_secret_store(
     settings: CloudSettings, db: Database, clock: limits.Clock = time.monotonic
 ) -> SecretStore:
     """In memory for one process; in the database when several share it (NATS)."""
+    resume = ResumeTokens(db, settings.resume_token_ttl_seconds)
     if settings.nats_url:
-        return DatabaseSecretStore(db)
-    return MemorySecretStore(db, clock)
+        return DatabaseSecretStore(db, resume=resume)
+    return MemorySecretStore(db, clock, resume=resume)
 
 
 def outstanding_refusal(
@@ -140,6 +159,113 @@ def outstanding_refusal(
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# -- resume tokens: in the database for either store -----------------------------
+
+
+@dataclass(frozen=True)
+class ResumeGrant:
+    """A resume token to hand out, and its row to write in the caller's
+    transaction (the connect record's, so a link costs no write of its own)."""
+
+    node_id: str
+    token: str
+    revoke_others: bool
+    now: dt.datetime
+    expires: dt.datetime
+
+    def write(self, s: Session) -> None:
+        if self.revoke_others:
+            s.execute(delete(ResumeToken).where(ResumeToken.node_id == self.node_id))
+        s.execute(
+            insert(ResumeToken).values(
+                token_hash=auth.hash_token(self.token),
+                node_id=self.node_id,
+                created_at=self.now,
+                expires_at=self.expires,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Consume:
+    node_id: str
+    token_hash: str
+    now: dt.datetime
+
+
+def _apply_consume(s: Session, item: _Consume) -> bool:
+    # One statement: of concurrent uses of a token, on any process, one wins.
+    return (
+        s.scalar(
+            update(ResumeToken)
+            .where(
+                ResumeToken.token_hash == item.token_hash,
+                ResumeToken.node_id == item.node_id,
+                ResumeToken.consumed_at.is_(None),
+                ResumeToken.expires_at > item.now,
+            )
+            .values(consumed_at=item.now)
+            .returning(ResumeToken.node_id)
+        )
+        is not None
+    )
+
+
+def db_issue_resume_tokens(
+    db: Database, tokens: dict[str, str], now: dt.datetime, ttl: float
+) -> None:
+    """node id -> token hash: every earlier token of these nodes replaced, one transaction."""
+    ids = sorted(tokens)
+    expires = now + dt.timedelta(seconds=ttl)
+    with db.session(write_lock=True) as s:
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            s.execute(delete(ResumeToken).where(ResumeToken.node_id.in_(chunk)))
+            s.execute(
+                insert(ResumeToken),
+                [
+                    {
+                        "token_hash": tokens[n],
+                        "node_id": n,
+                        "created_at": now,
+                        "expires_at": expires,
+                    }
+                    for n in chunk
+                ],
+            )
+
+
+class ResumeTokens:
+    """Resume tokens (docs/protocol.md, resume): rows, in both stores, because
+    their point is to outlive the Cloud process that issued them. Issued and
+    consumed through group commits, so a storm of reconnects shares a few
+    transactions. Wall-clock expiry (aware UTC), compared across processes."""
+
+    def __init__(self, db: Database, ttl: float, now: Callable[[], dt.datetime] = utcnow) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.now = now
+        self._consume = GroupCommit(db, _apply_consume, key=lambda c: c.node_id)
+
+    def grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
+        now = self.now()
+        expires = now + dt.timedelta(seconds=self.ttl)
+        return ResumeGrant(node_id, auth.make_link_token(), revoke_others, now, expires)
+
+    async def issue_many(self, node_ids: list[str]) -> dict[str, str]:
+        tokens = {n: auth.make_link_token() for n in node_ids}
+        hashes = {n: auth.hash_token(t) for n, t in tokens.items()}
+        await run_in_threadpool(db_issue_resume_tokens, self.db, hashes, self.now(), self.ttl)
+        return tokens
+
+    async def consume(self, node_id: str, token: str) -> bool:
+        return await self._consume.submit(_Consume(node_id, auth.hash_token(token), self.now()))
+
+    def purge(self) -> None:
+        with self.db.session(write_lock=True) as s:
+            s.execute(delete(ResumeToken).where(ResumeToken.expires_at < self.now()))
 
 
 # -- one process: in memory ------------------------------------------------------
@@ -262,8 +388,10 @@ class MemorySecretStore:
         clock: limits.Clock = time.monotonic,
         per_node: int = MAX_OUTSTANDING_PER_NODE,
         per_address: int = MAX_OUTSTANDING_PER_ADDRESS,
+        resume: ResumeTokens | None = None,
     ) -> None:
         self.book = OneTimeSecrets(clock, per_node, per_address)
+        self.resume = resume or ResumeTokens(db, 600.0)
         # The node's key, read in batches shared by concurrent challenges.
         self._keys = GroupCommit(db, seal_challenge, key=str, write=False)
 
@@ -291,11 +419,21 @@ class MemorySecretStore:
     async def consume_link_token(self, token: str) -> str | None:
         return self.book.consume_token(token)
 
+    def resume_grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
+        return self.resume.grant(node_id, revoke_others)
+
+    async def issue_resume_tokens(self, node_ids: list[str]) -> dict[str, str]:
+        return await self.resume.issue_many(node_ids)
+
+    async def consume_resume_token(self, node_id: str, token: str) -> bool:
+        return await self.resume.consume(node_id, token)
+
     async def forget_node(self, node_id: str) -> None:
         self.book.forget_node(node_id)
 
     async def purge_expired(self) -> None:
         self.book.purge()
+        await run_in_threadpool(self.resume.purge)
 
 
 # -- several processes: in the database (run in a thread) ------------------------------
@@ -404,9 +542,15 @@ def purge_expired(db: Database, now: dt.datetime | None = None) -> None:
 class DatabaseSecretStore:
     """The secrets of Cloud processes sharing the database, as rows."""
 
-    def __init__(self, db: Database, now: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        now: Callable[[], dt.datetime] = utcnow,
+        resume: ResumeTokens | None = None,
+    ) -> None:
         self.db = db
         self.now = now  # wall clock, aware UTC: rows are compared across processes
+        self.resume = resume or ResumeTokens(db, 600.0, now)
 
     async def issue_challenge(self, node_id: str, address: str, ttl: float) -> tuple[str, bytes]:
         return await run_in_threadpool(
@@ -423,8 +567,18 @@ class DatabaseSecretStore:
     async def consume_link_token(self, token: str) -> str | None:
         return await run_in_threadpool(consume_link_token, self.db, token, self.now())
 
+    def resume_grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
+        return self.resume.grant(node_id, revoke_others)
+
+    async def issue_resume_tokens(self, node_ids: list[str]) -> dict[str, str]:
+        return await self.resume.issue_many(node_ids)
+
+    async def consume_resume_token(self, node_id: str, token: str) -> bool:
+        return await self.resume.consume(node_id, token)
+
     async def forget_node(self, node_id: str) -> None:
         return None  # the node's rows went with it (ON DELETE CASCADE)
 
     async def purge_expired(self) -> None:
         await run_in_threadpool(purge_expired, self.db, self.now())
+        await run_in_threadpool(self.resume.purge)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 import socket
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 
 from tether.cloud.http_timeouts import Unfinished, sweep, timed_protocol
+from tether.cloud.proxy_listener import ProxiedServer, ProxyPolicy, parse_networks
 from tether.cloud.settings import CloudSettings
 from tether.protocol.frames import MAX_FRAME_SIZE
 
@@ -101,13 +103,32 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _loop_factory(tls_handshake_timeout: float) -> Callable[[], asyncio.AbstractEventLoop]:
+def keep_alive_seconds(settings: CloudSettings) -> int:
+    """uvicorn's idle keep-alive timeout: the challenge's lifetime, 5 s at least."""
+    return max(5, math.ceil(settings.challenge_ttl_seconds) + 1)
+
+
+def _loop_factory(
+    tls_handshake_timeout: float, proxy: ProxyPolicy | None = None
+) -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop, but a TLS handshake must finish within the given seconds (uvicorn
     passes no `ssl_handshake_timeout`, and the default 60 s lets a client that
-    never sends a ClientHello hold a descriptor for a minute)."""
+    never sends a ClientHello hold a descriptor for a minute). With `proxy`
+    (--trusted-proxy) the Cloud accepts connections itself, to read a PROXY
+    protocol header before TLS (tether.cloud.proxy_listener)."""
 
     class Loop(uvloop.Loop):
         async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+            if proxy is not None:
+                return ProxiedServer(
+                    self,
+                    args[0],
+                    kwargs["sock"],
+                    kwargs.get("ssl"),
+                    proxy,
+                    tls_handshake_timeout,
+                    kwargs.get("backlog") or 2048,
+                )
             if kwargs.get("ssl") is not None:
                 kwargs.setdefault("ssl_handshake_timeout", tls_handshake_timeout)
             return await super().create_server(*args, **kwargs)
@@ -149,6 +170,11 @@ def run(
         log_config=None,
         access_log=access_log,
         timeout_graceful_shutdown=10,
+        # An idle keep-alive connection lives as long as a challenge: the agent
+        # answers on the connection it got the challenge on, and a fleet that
+        # lags (a reconnect storm) must not have its answers cut by uvicorn's
+        # 5 s default (each cut cost a full backoff).
+        timeout_keep_alive=keep_alive_seconds(settings),
         server_header=False,
     )
     if not access_log:
@@ -180,7 +206,12 @@ def run(
     # no-op handlers make that a clean exit 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    loop_factory = _loop_factory(settings.header_timeout_seconds)
+    proxy = (
+        ProxyPolicy(parse_networks(settings.trusted_proxies), settings.require_proxy_header)
+        if settings.trusted_proxies
+        else None
+    )
+    loop_factory = _loop_factory(settings.header_timeout_seconds, proxy)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
     if not server.started:

@@ -51,6 +51,9 @@ class CloudSettings:
     # no challenges for that node (an address across nodes: 4x); node-auth
     # requests (challenges and answers) per address per minute.
     challenge_ttl_seconds: float = 50.0
+    # Resume tokens (tether.cloud.secret_store.ResumeTokens): how long the one a
+    # HelloAck or a restart's Disconnect hands out stays valid.
+    resume_token_ttl_seconds: float = 600.0
     auth_failures_per_minute: int = 5
     auth_requests_per_address_per_minute: int = 6000
     # Backoff policy handed to agents with each link token.
@@ -61,12 +64,23 @@ class CloudSettings:
     history_days: float = 30.0
     node_events_per_node: int = 1000
     claim_audit_rows: int = 100_000
+    # The audit log (tether.cloud.audit): entries older than this go, and
+    # beyond this many per Space the oldest go.
+    audit_days: float = 365.0
+    audit_rows_per_space: int = 100_000
+    # The shortest TTL an ephemeral claiming token may set (tether.cloud.stale_nodes);
+    # lowered only by tests, which cannot wait a minute per case.
+    min_ephemeral_ttl_seconds: int = 60
     # Slow clients (http_timeouts.py): a request head (and the TLS handshake)
     # must arrive within header_timeout, its body within body_timeout; at most
     # max_unfinished_connections per process may be mid-request (oldest closed).
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 20.0
     max_unfinished_connections: int = 1000
+    # PROXY protocol (tether.cloud.proxy_listener): the balancers allowed to
+    # send a header (CIDRs; empty: off), and whether they must.
+    trusted_proxies: tuple[str, ...] = ()
+    require_proxy_header: bool = False
     # Alerts (tether.cloud.alerts, docs/alerts.md): the grace of a Space that
     # sets none; the worker's longest sleep; each send's timeout; retries
     # (backoff base doubling up to max, then "failed"); a flapping node's

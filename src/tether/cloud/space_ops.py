@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tether.cloud import room_rules
+from tether.cloud import audit, room_rules, stale_nodes
 from tether.cloud.auth import Principal
 from tether.cloud.models import (
     ClaimToken,
@@ -28,7 +28,7 @@ from tether.cloud.models import (
     User,
     utcnow,
 )
-from tether.cloud.secrets import SecretBox
+from tether.cloud.secrets import SecretBox, iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import labels as label_store
 from tether.cloud.store import nodes as node_store
@@ -91,6 +91,7 @@ def rotate_claim_token(
     """A new claiming token (admin); the old one stops working at once."""
     space, _ = require_role(s, space_id, actor.user_id, "admin")
     token, row = claim_tokens.rotate(s, box, space.id, actor.user_id, expires_at)
+    audit.record(s, space.id, actor.email, "token.rotated", row.name, {"prefix": row.prefix})
     log.info(
         "claiming token of space %s rotated by %s (new prefix %s)",
         space.id,
@@ -110,6 +111,7 @@ def invite(
     account has that email. Returns (token, invitation)."""
     space, _ = require_role(s, space_id, actor.user_id, "admin")
     token, inv = space_store.invite(s, space.id, email, role, actor.user_id, utcnow())
+    audit.record(s, space.id, actor.email, "member.invited", inv.email, {"role": role})
     log.info(
         "invitation %s to space %s (role %s) made by %s", inv.prefix, space.id, role, actor.email
     )
@@ -134,6 +136,14 @@ def answer_invitation(
         return inv
     user = _user(s, actor)
     space_store.accept(s, inv, user, utcnow())
+    audit.record(
+        s,
+        inv.space_id,
+        user.email,
+        "member.added",
+        user.email,
+        {"role": inv.role, "via": "invitation"},
+    )
     log.info("invitation %s to space %s accepted by %s", inv.prefix, inv.space_id, user.email)
     return inv
 
@@ -144,14 +154,28 @@ def change_member(s: Session, actor: Principal, space_id: str, user_id: str, rol
     user = s.get(User, user_id)
     if user is None or space_store.role_of(s, space.id, user.id) is None:
         raise NotFound("Member")
+    before = space_store.role_of(s, space.id, user.id)
     space_store.set_member(s, space.id, user, role)
+    if before != role:
+        audit.record(
+            s,
+            space.id,
+            actor.email,
+            "member.role_changed",
+            user.email,
+            {"from": before, "to": role},
+        )
     return user
 
 
 def remove_member(s: Session, actor: Principal, space_id: str, user_id: str) -> None:
     space, _ = require_role(s, space_id, actor.user_id, "admin")
+    user = s.get(User, user_id)
+    role = space_store.role_of(s, space.id, user_id) if user is not None else None
     if not space_store.remove_member(s, space.id, user_id):
         raise NotFound("Member")
+    target = user.email if user is not None else user_id
+    audit.record(s, space.id, actor.email, "member.removed", target, {"role": role})
 
 
 # --- War Rooms ----------------------------------------------------------------
@@ -233,6 +257,7 @@ def remove_node(s: Session, actor: Principal, space_id: str, node_id: str) -> st
     space, _ = require_role(s, space_id, actor.user_id, "manager")
     found = node(s, space, node_id)
     removed = found.id
+    audit.record(s, space.id, actor.email, "node.removed", removed, {"hostname": found.hostname})
     node_store.remove(s, found, actor.email)
     log.info("node %s removed from space %s by %s", removed, space.id, actor.email)
     return removed
@@ -242,10 +267,16 @@ def remove_node(s: Session, actor: Principal, space_id: str, node_id: str) -> st
 
 
 def create_claim_token(
-    s: Session, actor: Principal, space_id: str, body: dict[str, Any], now: dt.datetime
+    s: Session,
+    actor: Principal,
+    space_id: str,
+    body: dict[str, Any],
+    now: dt.datetime,
+    min_ephemeral_ttl: int = stale_nodes.MIN_EPHEMERAL_TTL,
 ) -> tuple[str, ClaimToken]:
     """A named claiming token (admin) from {"name", "expires_in", "max_uses",
-    "rooms", "labels", "ephemeral"}; its secret is returned only here."""
+    "rooms", "labels", "ephemeral", "ephemeral_ttl"}; its secret is returned
+    only here."""
     space, _ = require_role(s, space_id, actor.user_id, "admin")
     expires_in = body.get("expires_in")
     if expires_in is not None and (
@@ -260,6 +291,13 @@ def create_claim_token(
     ephemeral = body.get("ephemeral", False)
     if not isinstance(ephemeral, bool):
         raise ValueError('"ephemeral" must be true or false.')
+    ttl = body.get("ephemeral_ttl")
+    if ttl is not None and not ephemeral:
+        raise ValueError('"ephemeral_ttl" needs "ephemeral": true.')
+    if ephemeral:
+        ttl = stale_nodes.check_ttl(
+            stale_nodes.DEFAULT_EPHEMERAL_TTL if ttl is None else ttl, min_ephemeral_ttl
+        )
     token, row = claim_tokens.create(
         s,
         space.id,
@@ -270,6 +308,20 @@ def create_claim_token(
         rooms=body.get("rooms"),
         labels=body.get("labels"),
         ephemeral=ephemeral,
+        ephemeral_ttl=ttl,
+    )
+    audit.record(
+        s,
+        space.id,
+        actor.email,
+        "token.created",
+        row.name,
+        {
+            "prefix": row.prefix,
+            "max_uses": row.max_uses,
+            "expires_at": iso(row.expires_at),
+            "ephemeral_ttl": ttl,
+        },
     )
     log.info(
         "claiming token %r (prefix %s) of space %s created by %s",
@@ -294,6 +346,9 @@ def revoke_claim_token(s: Session, actor: Principal, space_id: str, ref: str) ->
     """Stop new claims with a token at once (admin); its nodes stay enrolled."""
     row = claim_token(s, actor, space_id, ref)
     if claim_tokens.revoke(s, row, actor.email):
+        audit.record(
+            s, row.space_id, actor.email, "token.revoked", row.name, {"prefix": row.prefix}
+        )
         log.info(
             "claiming token %r (prefix %s) of space %s revoked by %s",
             row.name,
@@ -328,3 +383,13 @@ def remove_room_rule(
     space, _ = require_role(s, space_id, actor.user_id, "manager")
     if not room_rules.remove_rule(s, room(s, space, room_id), rule_id):
         raise NotFound("Room rule")
+
+
+def set_stale_policy(
+    s: Session, actor: Principal, space_id: str, after_days: object, action: object
+) -> Space:
+    """Set or turn off (after_days None) the Space's stale-node policy (admin)."""
+    space, _ = require_role(s, space_id, actor.user_id, "admin")
+    days, clean_action = stale_nodes.check_policy(after_days, action)
+    stale_nodes.set_policy(s, space, days, clean_action, actor.email)
+    return space

@@ -59,14 +59,12 @@ def client_ssl_context(
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     else:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if fullchain is not None and fullchain.exists():
-        try:
-            ctx.load_verify_locations(cafile=str(fullchain))
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise TLSConfigError(
-                f"cannot load the Cloud certificate chain {fullchain}: {exc}. It must hold "
-                "PEM certificates (-----BEGIN CERTIFICATE-----); fix or remove it."
-            ) from exc
+    _trust(
+        ctx,
+        fullchain,
+        "the Cloud certificate chain",
+        "PEM certificates (-----BEGIN CERTIFICATE-----); fix or remove it.",
+    )
     return ctx
 
 
@@ -75,15 +73,18 @@ def proxy_ssl_context(paths: AgentPaths | None) -> ssl.SSLContext:
     (the proxy's own CA, saved there by `tether-claim -proxy-ca=FILE`)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca = paths.proxy_ca_file if paths is not None else None
-    if ca is not None and ca.exists():
-        try:
-            ctx.load_verify_locations(cafile=str(ca))
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise TLSConfigError(
-                f"cannot load the proxy's CA {ca}: {exc}. It must hold PEM certificates; "
-                "fix or remove it."
-            ) from exc
+    _trust(ctx, ca, "the proxy's CA", "PEM certificates; fix or remove it.")
     return ctx
+
+
+def _trust(ctx: ssl.SSLContext, pem: Path | None, what: str, must_hold: str) -> None:
+    """Add the CAs in `pem`, when it exists; TLSConfigError names it when it cannot be read."""
+    if pem is None or not pem.exists():
+        return
+    try:
+        ctx.load_verify_locations(cafile=str(pem))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise TLSConfigError(f"cannot load {what} {pem}: {exc}. It must hold {must_hold}") from exc
 
 
 def parse_fingerprint(value: str) -> str:

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
     },
     "cloud": {
         "proxy": "none",
+        # Rotate cloud.d's key when older than this (tether.agent.rotate_key); 0 = never.
+        "key rotation days": "0",
     },
     "directories": {},
 }

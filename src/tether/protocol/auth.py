@@ -172,6 +172,31 @@ def bearer_token(authorization_header: str | None) -> str | None:
     return token.strip()
 
 
+# -- resume tokens (docs/protocol.md, resume) ----------------------------------------
+
+# Offered by the agent in Hello.capabilities; the Cloud hands out resume tokens
+# only to agents that offer it.
+RESUME_CAPABILITY: Final = "resume"
+# On the /aclk upgrade, instead of Authorization: "<claim id> <resume token>".
+RESUME_HEADER: Final = "Tether-Resume"
+MAX_RESUME_HEADER_LENGTH: Final = 200
+
+
+def resume_header(claim_id: str, token: str) -> str:
+    return f"{claim_id} {token}"
+
+
+def parse_resume_header(value: str | None) -> tuple[str, str] | None:
+    """(claim id, token) of a `Tether-Resume` header, None if absent or malformed."""
+    if not value or len(value) > MAX_RESUME_HEADER_LENGTH:
+        return None
+    claim_id, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if not claim_id or not token or " " in token:
+        return None
+    return claim_id.lower(), token
+
+
 # -- errors -------------------------------------------------------------------------
 
 

@@ -62,6 +62,10 @@ class Hello(_Frame, tag="hello", kw_only=True):
     boot_id: str = ""
     charts: ChartsSummary = msgspec.field(default_factory=ChartsSummary)
     capabilities: list[str] = msgspec.field(default_factory=list)
+    # The agent's `[host labels]` (docs/agent.md). None (absent): an agent that
+    # does not send labels, whose agent labels the Cloud leaves as they are;
+    # {}: it has none. Older peers skip the field (maps, see above).
+    labels: dict[str, str] | None = None
 
 
 class HelloAck(_Frame, tag="hello_ack", kw_only=True):
@@ -70,6 +74,10 @@ class HelloAck(_Frame, tag="hello_ack", kw_only=True):
     session_id: str
     keepalive_seconds: float
     cloud_time: float
+    # A resume token (docs/protocol.md, resume) for the next connection, valid
+    # `resume_expires_in` seconds; "" when the agent did not offer "resume".
+    resume_token: str = ""
+    resume_expires_in: float = 0.0
 
 
 class NodeUpdate(_Frame, tag="node_update", kw_only=True):
@@ -79,6 +87,7 @@ class NodeUpdate(_Frame, tag="node_update", kw_only=True):
     os: str | None = None
     agent_version: str | None = None
     charts: ChartsSummary | None = None
+    labels: dict[str, str] | None = None  # the whole new set of `[host labels]`
 
 
 class AlertTransition(_Frame, tag="alert", kw_only=True):
@@ -116,6 +125,9 @@ class Disconnect(_Frame, tag="disconnect", kw_only=True):
     code: str
     text: str = ""
     reconnect_after_seconds: float | None = None
+    # A Cloud restart hands each resuming link a fresh resume token here.
+    resume_token: str = ""
+    resume_expires_in: float = 0.0
 
 
 class Reload(_Frame, tag="reload", kw_only=True):
@@ -124,11 +136,29 @@ class Reload(_Frame, tag="reload", kw_only=True):
     reason: str = ""
 
 
-class Goodbye(_Frame, tag="goodbye", kw_only=True):
-    """Agent to Cloud on a graceful stop: why, and when to expect it back."""
+# The reasons a Goodbye may give. The list grows (versioning: additions keep
+# `v`), so a receiver takes any other string as "other" instead of refusing it.
+GoodbyeReason = Literal["restart", "shutdown", "upgrade", "maintenance", "unclaim", "other"]
+GOODBYE_REASONS: Final[tuple[str, ...]] = (
+    "restart",
+    "shutdown",
+    "upgrade",
+    "maintenance",
+    "unclaim",
+    "other",
+)
 
-    reason: Literal["restart", "shutdown", "upgrade", "unclaim"]
+
+class Goodbye(_Frame, tag="goodbye", kw_only=True):
+    """Agent to Cloud on a graceful stop: why, and when to expect it back.
+    A reason this side does not know (a newer peer's) becomes "other"."""
+
+    reason: str = "shutdown"
     expected_back_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason not in GOODBYE_REASONS:
+            self.reason = "other"
 
 
 class ErrorFrame(_Frame, tag="error", kw_only=True):

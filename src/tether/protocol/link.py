@@ -48,6 +48,9 @@ CLOSE_TOKEN_INVALID: Final = 4001
 CLOSE_NODE_REMOVED: Final = 4003
 CLOSE_OVER_BUDGET: Final = 4008
 CLOSE_REPLACED: Final = 4009
+# The node's identity is live on another host (another machine-id): the Cloud
+# keeps that link and refuses this one. Terminal: the copy needs its own id.
+CLOSE_CLONE: Final = 4010
 # After 4008 the agent stays away at least this long (the Disconnect before the
 # close says how long; this is the floor when it did not arrive). The Cloud
 # refuses the node's link with HTTP 429 until then.
@@ -64,11 +67,12 @@ CLOSE_REASONS: Final[dict[int, str]] = {
     CLOSE_NODE_REMOVED: "node removed or its credential revoked",
     CLOSE_OVER_BUDGET: "over budget: the node sent more frames than the Cloud accepts",
     CLOSE_REPLACED: "replaced by a newer connection with the same node identity",
+    CLOSE_CLONE: "this node's identity is live on another host (a copied machine or cloud.d)",
 }
 
 # Close codes after which the agent must stop retrying: only a human can fix
 # them (re-claim). Every other close is transient and retried with backoff.
-TERMINAL_CLOSE_CODES: Final = frozenset({CLOSE_NODE_REMOVED})
+TERMINAL_CLOSE_CODES: Final = frozenset({CLOSE_NODE_REMOVED, CLOSE_CLONE})
 
 
 def is_terminal_close(code: int) -> bool:

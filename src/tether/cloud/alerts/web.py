@@ -6,7 +6,6 @@ tether.cloud.alerts.ops, as the API's do."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
@@ -16,18 +15,17 @@ from starlette.routing import BaseRoute, Route
 
 from tether.cloud.alerts import channels, ops, policy, views
 from tether.cloud.auth import Principal
+from tether.cloud.models import Space
 from tether.cloud.store import nodes as node_store
 from tether.cloud.web.common import (
+    Post,
     UiError,
+    action,
     field,
-    in_db,
-    member_space,
-    nav,
     page,
     posted,
-    redirect,
-    render,
     signed_in,
+    space_page,
 )
 
 FLASH = {
@@ -51,50 +49,42 @@ def _nodes(s: Session, space_id: str) -> list[dict[str, str]]:
 @page
 async def alerts_page(request: Request) -> Response:
     user = await signed_in(request)
-    sid = request.path_params["space_id"]
     try:
         flt = views.Filter.of(request.query_params)
     except ValueError as exc:
         raise UiError(400, str(exc).capitalize() + ".") from None
 
-    def load(s: Session) -> dict[str, Any]:
-        space, role = member_space(s, user, sid)
-        ctx = nav(s, user, space, role)
-        ctx["title"] = f"Alerts · {space.name}"
-        ctx["alerts"] = views.active(s, space.id, flt)
-        ctx["filter"] = {"room": flt.room, "node": flt.node, "severity": flt.severity}
-        ctx["severities"] = list(policy.SEVERITIES)
-        ctx["nodes"] = _nodes(s, space.id)
-        ctx["silences"] = [ops.silence_json(x) for x in ops.silences(s, user, space.id)]
-        ctx["deliveries"] = ops.notifications(s, user, space.id, None, limit=50)
-        return ctx
+    def fill(s: Session, space: Space, _role: str) -> dict[str, Any]:
+        return {
+            "title": f"Alerts · {space.name}",
+            "alerts": views.active(s, space.id, flt),
+            "filter": {"room": flt.room, "node": flt.node, "severity": flt.severity},
+            "severities": list(policy.SEVERITIES),
+            "nodes": _nodes(s, space.id),
+            "silences": [ops.silence_json(x) for x in ops.silences(s, user, space.id)],
+            "deliveries": ops.notifications(s, user, space.id, None, limit=50),
+        }
 
-    ctx = await in_db(request, load)
-    ctx["flash"] = FLASH.get(request.query_params.get("done", ""))
-    return render(request, "alerts.html", ctx)
+    return await space_page(request, user, "alerts.html", fill, FLASH)
 
 
 async def _settings_page(
     request: Request, user: Principal, tested: dict[str, Any] | None = None
 ) -> Response:
-    sid = request.path_params["space_id"]
     fallback = float(request.app.state.settings.alert_default_grace_seconds)
 
-    def load(s: Session) -> dict[str, Any]:
-        space, role = member_space(s, user, sid, "admin")
-        ctx = nav(s, user, space, role)
-        ctx["title"] = f"Notifications · {space.name}"
-        ctx["grace"] = ops.grace_settings(s, space, fallback)
-        ctx["nodes"] = _nodes(s, space.id)
-        ctx["channels"] = [ops.channel_json(c) for c in ops.channels_of(s, user, space.id)]
-        ctx["kinds"] = list(channels.KINDS)
-        ctx["severities"] = list(policy.SEVERITIES)
-        return ctx
+    def fill(s: Session, space: Space, _role: str) -> dict[str, Any]:
+        return {
+            "title": f"Notifications · {space.name}",
+            "grace": ops.grace_settings(s, space, fallback),
+            "nodes": _nodes(s, space.id),
+            "channels": [ops.channel_json(c) for c in ops.channels_of(s, user, space.id)],
+            "kinds": list(channels.KINDS),
+            "severities": list(policy.SEVERITIES),
+            "tested": tested,
+        }
 
-    ctx = await in_db(request, load)
-    ctx["flash"] = FLASH.get(request.query_params.get("done", ""))
-    ctx["tested"] = tested
-    return render(request, "alert_settings.html", ctx)
+    return await space_page(request, user, "alert_settings.html", fill, FLASH, "admin")
 
 
 @page
@@ -102,12 +92,8 @@ async def settings_page(request: Request) -> Response:
     return await _settings_page(request, await signed_in(request))
 
 
-def _alerts(sid: str, done: str) -> Response:
-    return redirect(f"/spaces/{sid}/alerts?done={done}")
-
-
-def _settings(sid: str, done: str) -> Response:
-    return redirect(f"/spaces/{sid}/alerts/settings?" + urlencode({"done": done}))
+ALERTS = "/spaces/{space_id}/alerts?done="
+SETTINGS = "/spaces/{space_id}/alerts/settings?done="
 
 
 def _number(form: FormData, name: str) -> float:
@@ -117,97 +103,59 @@ def _number(form: FormData, name: str) -> float:
         raise UiError(400, f"{name.replace('_', ' ').capitalize()} must be a number.") from None
 
 
-@page
-async def add_silence(request: Request) -> Response:
-    sid = request.path_params["space_id"]
-
-    def add(s: Session, user: Principal, form: FormData) -> None:
-        ops.create_silence(
-            s,
-            user,
-            sid,
-            {
-                "scope": field(form, "scope"),
-                "target": field(form, "target"),
-                "minutes": _number(form, "minutes"),
-                "reason": field(form, "reason"),
-            },
-        )
-
-    await posted(request, add)
-    return _alerts(sid, "silenced")
+def _silence(p: Post) -> None:
+    body = {
+        "scope": p.field("scope"),
+        "target": p.field("target"),
+        "minutes": _number(p.form, "minutes"),
+        "reason": p.field("reason"),
+    }
+    ops.create_silence(p.s, p.user, p.sid, body)
 
 
-@page
-async def remove_silence(request: Request) -> Response:
-    sid, xid = request.path_params["space_id"], request.path_params["silence_id"]
-    await posted(request, lambda s, user, _: ops.delete_silence(s, user, sid, xid))
-    return _alerts(sid, "unsilenced")
+def _grace(p: Post) -> None:
+    grace = _number(p.form, "grace_seconds")
+    ops.set_grace(p.s, p.user, p.sid, p.field("scope") or "space", p.field("target"), grace)
 
 
-@page
-async def set_grace(request: Request) -> Response:
-    sid = request.path_params["space_id"]
-
-    def change(s: Session, user: Principal, form: FormData) -> None:
-        scope = field(form, "scope") or "space"
-        ops.set_grace(s, user, sid, scope, field(form, "target"), _number(form, "grace_seconds"))
-
-    await posted(request, change)
-    return _settings(sid, "grace")
-
-
-@page
-async def clear_grace(request: Request) -> Response:
-    sid = request.path_params["space_id"]
-
-    def clear(s: Session, user: Principal, form: FormData) -> None:
-        ops.clear_grace(s, user, sid, field(form, "scope"), field(form, "target"))
-
-    await posted(request, clear)
-    return _settings(sid, "grace-cleared")
+def _channel(p: Post) -> None:
+    form = p.form
+    body: dict[str, Any] = {k: field(form, k) for k in form if k != "csrf_token"}
+    body = {k: v for k, v in body.items() if v != ""}
+    if "port" in body:
+        body["port"] = int(_number(form, "port"))
+    if "to" in body:
+        body["to"] = [t.strip() for t in str(body["to"]).split(",") if t.strip()]
+    body["starttls"] = field(form, "starttls") != "no"
+    body["severities"] = [v for v in form.getlist("severities") if isinstance(v, str)] or list(
+        policy.SEVERITIES
+    )
+    rooms = [v for v in form.getlist("rooms") if isinstance(v, str) and v]
+    body["rooms"] = rooms
+    ops.create_channel(p.s, p.box, p.user, p.sid, body)
 
 
-@page
-async def add_channel(request: Request) -> Response:
-    sid, box = request.path_params["space_id"], request.app.state.secret_box
-
-    def add(s: Session, user: Principal, form: FormData) -> None:
-        body: dict[str, Any] = {k: field(form, k) for k in form if k != "csrf_token"}
-        body = {k: v for k, v in body.items() if v != ""}
-        if "port" in body:
-            body["port"] = int(_number(form, "port"))
-        if "to" in body:
-            body["to"] = [t.strip() for t in str(body["to"]).split(",") if t.strip()]
-        body["starttls"] = field(form, "starttls") != "no"
-        body["severities"] = [v for v in form.getlist("severities") if isinstance(v, str)] or list(
-            policy.SEVERITIES
-        )
-        rooms = [v for v in form.getlist("rooms") if isinstance(v, str) and v]
-        body["rooms"] = rooms
-        ops.create_channel(s, box, user, sid, body)
-
-    await posted(request, add)
-    return _settings(sid, "channel")
-
-
-@page
-async def delete_channel(request: Request) -> Response:
-    sid, cid = request.path_params["space_id"], request.path_params["channel_id"]
-    await posted(request, lambda s, user, _: ops.delete_channel(s, user, sid, cid))
-    return _settings(sid, "channel-deleted")
-
-
-@page
-async def toggle_channel(request: Request) -> Response:
-    sid, cid = request.path_params["space_id"], request.path_params["channel_id"]
-    box = request.app.state.secret_box
-
-    def toggle(s: Session, user: Principal, form: FormData) -> None:
-        ops.update_channel(s, box, user, sid, cid, {"enabled": field(form, "enabled") == "yes"})
-
-    await posted(request, toggle)
-    return _settings(sid, "channel-changed")
+add_silence = action(ALERTS + "silenced", _silence)
+remove_silence = action(
+    ALERTS + "unsilenced",
+    lambda p: ops.delete_silence(p.s, p.user, p.sid, p.param("silence_id")),
+)
+set_grace = action(SETTINGS + "grace", _grace)
+clear_grace = action(
+    SETTINGS + "grace-cleared",
+    lambda p: ops.clear_grace(p.s, p.user, p.sid, p.field("scope"), p.field("target")),
+)
+add_channel = action(SETTINGS + "channel", _channel)
+delete_channel = action(
+    SETTINGS + "channel-deleted",
+    lambda p: ops.delete_channel(p.s, p.user, p.sid, p.param("channel_id")),
+)
+toggle_channel = action(
+    SETTINGS + "channel-changed",
+    lambda p: ops.update_channel(
+        p.s, p.box, p.user, p.sid, p.param("channel_id"), {"enabled": p.field("enabled") == "yes"}
+    ),
+)
 
 
 @page

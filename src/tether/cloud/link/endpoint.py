@@ -32,13 +32,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from tether.cloud import agent_labels
 from tether.cloud import node_metadata as meta
 from tether.cloud.batching import GroupCommit
 from tether.cloud.client import client_address
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response
 from tether.cloud.limits import Clock, LogLimiter, address_key
-from tether.cloud.link import presence, processes
+from tether.cloud.link import admission, clones, presence, processes
+from tether.cloud.link.admission import Admission, Pending
 from tether.cloud.link.presence import ConnectRecord, DisconnectRecord
 from tether.cloud.link_budget import LinkBudget, Verdict
 from tether.cloud.models import Node
@@ -103,6 +105,7 @@ class LiveLink:
     cause: str | None = None
     cause_code: str | None = None
     expected_back_seconds: float | None = None
+    planned_reason: str | None = None  # the Goodbye's reason: a planned stop
     recorded_offline: bool = False
     closed: bool = False
 
@@ -180,6 +183,7 @@ def db_node_update(db: Database, node_id: str, upd: NodeUpdate) -> None:
             node.os = upd.os or None
         if upd.agent_version is not None:
             node.agent_version = upd.agent_version or None
+        agent_labels.apply(s, node, upd.labels)  # after `tether-cli reload-labels`
 
 
 def apply_alert(s: Session, item: tuple[str, AlertTransition]) -> None:
@@ -228,6 +232,9 @@ class Endpoint:
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._restart_spread = 2.0
+        # The connect rate and the handshakes in flight (admission.py).
+        self.admission = Admission(clock)
+        self.resumed = 0  # links set up with a resume token (no challenge)
         # Frame budgets per node (tether.cloud.link_budget): kept across its
         # reconnects, forgotten by the sweeper once idle.
         self.budgets: dict[str, LinkBudget] = {}
@@ -257,12 +264,19 @@ class Endpoint:
         self._alert_writes.add(task)
         task.add_done_callback(self._alert_writes.discard)
 
-    async def _close_for_restart(self, link: LiveLink) -> None:
+    async def _close_for_restart(self, link: LiveLink, resume_token: str = "") -> None:
         link.cause, link.cause_code = "Cloud restart", states.CAUSE_CLOUD_CLOSED
         if link.conn.state is LinkState.READY:
-            delay = round(random.uniform(1.0, self._restart_spread), 2)  # noqa: S311 - jitter
+            # Uniform over the spread: the fleet returns at the rate the Cloud takes it,
+            # From when the Cloud is likely back (admission.RESTART_FLOOR).
+            low = admission.RESTART_FLOOR
+            delay = round(random.uniform(low, low + self._restart_spread), 2)  # noqa: S311
             frame = Disconnect(
-                code="cloud_restart", text="the Cloud is restarting", reconnect_after_seconds=delay
+                code="cloud_restart",
+                text="the Cloud is restarting",
+                reconnect_after_seconds=delay,
+                resume_token=resume_token,
+                resume_expires_in=self.settings.resume_token_ttl_seconds if resume_token else 0.0,
             )
             with contextlib.suppress(Exception):
                 await link.send(link.conn.send(frame))
@@ -325,24 +339,71 @@ class Endpoint:
                 )
             )
             return
-        token = auth.bearer_token(ws.headers.get("authorization"))
-        node_id = await self.secret_store.consume_link_token(token) if token else None
-        if node_id is None:
-            self._log(
-                logging.WARNING,
-                "addr:" + address_key(address),
-                "ACLK link from %s refused: link token %s",
-                address,
-                "missing" if token is None else "invalid, expired or already used",
-            )
+        wait = self.admission.refusal()
+        if wait is not None:  # saturated: more handshakes would only queue
             await ws.send_denial_response(
                 error_response(
-                    401,
-                    "ErrLinkTokenInvalid",
-                    "The link token is missing, expired or already used: authenticate again "
-                    f"({auth.challenge_path('{claim_id}')}).",
+                    503,
+                    "ErrServiceUnavailable",
+                    f"The Cloud is taking many links at once; come back in {wait} s.",
+                    {"Retry-After": str(wait)},
                 )
             )
+            return
+        pending = self.admission.begin()  # until HelloAck, or the handshake fails
+        try:
+            await self._handshake(ws, address, pending)
+        finally:
+            pending.done()
+
+    async def _authenticate(self, ws: WebSocket, address: str) -> tuple[str | None, bool]:
+        """The node of this upgrade and whether it resumed: a one-time link
+        token (Authorization: Bearer), else a resume token (Tether-Resume);
+        (None, resumed) when refused, after answering 401."""
+        token = auth.bearer_token(ws.headers.get("authorization"))
+        resume = None if token else auth.parse_resume_header(ws.headers.get(auth.RESUME_HEADER))
+        node_id: str | None = None
+        if token:
+            node_id = await self.secret_store.consume_link_token(token)
+        elif resume is not None:
+            claimed, resume_token = resume
+            if await self.secret_store.consume_resume_token(claimed, resume_token):
+                node_id = claimed
+        if node_id is not None:
+            return node_id, resume is not None
+        what = (
+            "resume token invalid, expired, already used or not this node's"
+            if resume is not None
+            else "link token "
+            + ("missing" if token is None else "invalid, expired or already used")
+        )
+        self._log(
+            logging.WARNING,
+            "addr:" + address_key(address),
+            "ACLK link from %s refused: %s",
+            address,
+            what,
+        )
+        if resume is not None:
+            answer = error_response(
+                401,
+                "ErrResumeRefused",
+                "The resume token is invalid, expired, already used or not this node's: "
+                f"authenticate with the challenge ({auth.challenge_path('{claim_id}')}).",
+            )
+        else:
+            answer = error_response(
+                401,
+                "ErrLinkTokenInvalid",
+                "The link token is missing, expired or already used: authenticate again "
+                f"({auth.challenge_path('{claim_id}')}).",
+            )
+        await ws.send_denial_response(answer)
+        return None, resume is not None
+
+    async def _handshake(self, ws: WebSocket, address: str, pending: Pending) -> None:
+        node_id, resumed = await self._authenticate(ws, address)
+        if node_id is None:
             return
         refusal = self.over_budget_refusal(node_id)
         if refusal is not None:
@@ -364,10 +425,26 @@ class Endpoint:
             return
         session_id = uuid.uuid4().hex
         grace = processes.grace_seconds(self.keepalive)
+        # A link set up by the challenge revokes the node's earlier resume tokens.
+        grant = (
+            self.secret_store.resume_grant(node_id, revoke_others=not resumed)
+            if auth.RESUME_CAPABILITY in hello.capabilities
+            else None
+        )
+        # Another host's live link held here must answer, or it is replaced (clones).
+        unresponsive = await clones.probe(self.links.get(node_id), hello)
+        record = ConnectRecord(
+            node_id,
+            session_id,
+            hello,
+            address,
+            self.process_id,
+            grace,
+            resume=grant,
+            current_unresponsive=unresponsive,
+        )
         try:
-            connected = await self._connects.submit(
-                ConnectRecord(node_id, session_id, hello, address, self.process_id, grace)
-            )
+            connected = await self._connects.submit(record)
         except Exception:
             log.exception("ACLK node %s: could not record the connection", node_id)
             await ws.close(1011, "the Cloud could not record the connection; retry later")
@@ -382,11 +459,22 @@ class Endpoint:
             )
             await ws.close(CLOSE_NODE_REMOVED, "node removed from its Space")
             return
+        if connected.conflict is not None:  # its identity is live on another host
+            await clones.refuse(ws, node_id, connected.hostname, connected.conflict)
+            return
         link = LiveLink(node_id, session_id, ws, conn, address, hello)
         ack = HelloAck(
-            session_id=session_id, keepalive_seconds=self.keepalive, cloud_time=time.time()
+            session_id=session_id,
+            keepalive_seconds=self.keepalive,
+            cloud_time=time.time(),
+            resume_token=grant.token if grant else "",
+            resume_expires_in=self.settings.resume_token_ttl_seconds if grant else 0.0,
         )
         await link.send(conn.send(ack))
+        pending.done()
+        self.admission.note_linked()
+        if resumed:
+            self.resumed += 1
         old = self.links.get(node_id)
         self.links[node_id] = link
         try:
@@ -416,12 +504,13 @@ class Endpoint:
             self._log(
                 logging.INFO,
                 node_id,
-                "ACLK node %s (%s) live from %s, session %s, agent %s",
+                "ACLK node %s (%s) live from %s, session %s, agent %s, by %s",
                 node_id,
                 meta.for_log(connected.hostname),
                 address,
                 session_id,
                 meta.for_log(hello.agent_version),
+                "resume token" if resumed else "challenge",
             )
             if self.closing:  # the Cloud began stopping while this link was connecting
                 await self._close_for_restart(link)
@@ -618,6 +707,7 @@ class Endpoint:
             )
             link.cause_code = states.CAUSE_GOODBYE
             link.expected_back_seconds = back
+            link.planned_reason = frame.reason
             self._log(
                 logging.INFO,
                 link.node_id,
@@ -636,6 +726,8 @@ class Endpoint:
             del self.links[link.node_id]
         with contextlib.suppress(Exception):
             await self.router.unregister(link.node_id, link.handler)
+        if link.recorded_offline:
+            return  # a Cloud stop: recorded (and logged) in bulk by LinkService.stop
         cause = link.cause or "closed"
         code = link.cause_code or states.CAUSE_CLOSED
         self._log(
@@ -647,12 +739,15 @@ class Endpoint:
             link.session_id,
             meta.for_log(cause, 300),
         )
-        if link.recorded_offline:
-            return
         try:
             await self._disconnects.submit(
                 DisconnectRecord(
-                    link.node_id, link.session_id, cause, code, link.expected_back_seconds
+                    link.node_id,
+                    link.session_id,
+                    cause,
+                    code,
+                    link.expected_back_seconds,
+                    link.planned_reason,
                 )
             )
         except Exception:

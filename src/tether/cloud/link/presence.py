@@ -19,14 +19,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, lazyload
 
+from tether.cloud import agent_labels, planned_stops
 from tether.cloud import node_metadata as meta
-from tether.cloud.alerts import reachability
+from tether.cloud.alerts import policy, reachability
 from tether.cloud.db import Database
-from tether.cloud.link import processes
-from tether.cloud.models import Node, utcnow
+from tether.cloud.link import clones, processes
+from tether.cloud.models import Node, NodeEvent, ReachabilityWatch, utcnow
+from tether.cloud.secret_store import ResumeGrant
+from tether.cloud.secrets import aware
 from tether.cloud.store import nodes as node_store
 from tether.protocol import states
 from tether.protocol.frames import Hello
@@ -58,6 +61,8 @@ class Connected:
     hostname: str
     space_id: str
     duplicate: dict[str, Any] | None
+    # Set when the link was refused: its identity is live on another host (clones).
+    conflict: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,10 @@ class ConnectRecord:
     address: str
     process_id: str
     grace_seconds: float = 60.0
+    # The node's next resume token, written with the connection (secret_store).
+    resume: ResumeGrant | None = None
+    # The live link of another host did not answer a probe (clones.probe): replace it.
+    current_unresponsive: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class DisconnectRecord:
     cause: str
     cause_code: str
     expected_back_seconds: float | None
+    planned_reason: str | None = None  # a Goodbye's reason (planned_stops)
 
 
 def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
@@ -93,6 +103,11 @@ def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
         return None
     duplicate = None
     now = utcnow()
+    conflict = clones.check(
+        s, node, session_id, hello, address, now, rec.grace_seconds, rec.current_unresponsive
+    )
+    if conflict is not None:  # live on another host: keep it, refuse this one
+        return Connected(node.hostname, node.space_id, None, conflict)
     if (
         node.state == NodeState.LIVE
         and node.connected_session_id not in (None, session_id)
@@ -130,6 +145,10 @@ def db_connect(s: Session, rec: ConnectRecord) -> Connected | None:
     if hello.machine_guid:
         node.machine_guid = hello.machine_guid
     node.link_process = rec.process_id
+    if rec.resume is not None:
+        rec.resume.write(s)
+    agent_labels.apply(s, node, hello.labels)  # [host labels]: rule rooms follow
+    planned_stops.clear(node)
     cause = f"replaced: a new link from {address}" if duplicate else f"connected from {address}"
     node_store.set_state(
         s,
@@ -154,7 +173,15 @@ def db_disconnect(s: Session, rec: DisconnectRecord) -> bool:
     node = s.get(Node, rec.node_id, with_for_update=True, options=NO_ROOMS)
     if node is None:
         return False
-    return go_offline(s, node, rec.session_id, rec.cause, rec.cause_code, rec.expected_back_seconds)
+    return go_offline(
+        s,
+        node,
+        rec.session_id,
+        rec.cause,
+        rec.cause_code,
+        rec.expected_back_seconds,
+        rec.planned_reason,
+    )
 
 
 def go_offline(
@@ -164,9 +191,10 @@ def go_offline(
     cause: str,
     cause_code: str,
     expected_back_seconds: float | None = None,
+    planned_reason: str | None = None,
 ) -> bool:
     """Record the node offline with its cause, if `session_id` is current
-    (`is_current`); whether it was."""
+    (`is_current`); whether it was. `planned_reason`: a Goodbye's."""
     if not is_current(node, session_id):
         return False
     detail: dict[str, Any] = {"cause_code": cause_code, "session_id": node.connected_session_id}
@@ -174,44 +202,127 @@ def go_offline(
         detail["expected_back_seconds"] = expected_back_seconds
     node_store.set_state(s, node, NodeState.OFFLINE, cause, session_id=session_id, detail=detail)
     node.link_process = None
+    # From the offline time itself, so the return is exactly that many seconds later.
+    planned_stops.record(node, planned_reason, expected_back_seconds, aware(node.state_since))
     reachability.node_offline(s, node, cause, cause_code, expected_back_seconds)  # grace starts
     return True
 
 
 def db_mark_offline(
-    db: Database, sessions: dict[str, str], cause: str, cause_code: str
+    db: Database,
+    sessions: dict[str, str],
+    cause: str,
+    cause_code: str,
+    expected_back_seconds: float | None = None,
 ) -> list[str]:
-    """Bulk: take these (node id -> session) offline; the ids that changed."""
+    """Bulk, for a stopping Cloud: take these (node id -> session) offline in
+    one transaction, with set statements instead of a row object per node (one
+    UPDATE of the nodes, one multi-row INSERT of their state events and one of
+    their reachability watches per chunk). Same rule and same rows as
+    `go_offline`: a node whose live session is another (it moved) is left
+    alone. The ids that changed."""
     changed: list[str] = []
-    ids = list(sessions)
-    for i in range(0, len(ids), _CHUNK):
-        with db.session(write_lock=True) as s:
-            rows = s.scalars(
-                select(Node)
-                .options(*NO_ROOMS)
-                .where(Node.id.in_(ids[i : i + _CHUNK]))
+    ids = sorted(sessions)  # one lock order for processes sharing PostgreSQL
+    now = utcnow()
+    with db.session(write_lock=True) as s:
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            rows = s.execute(
+                select(Node.id, Node.space_id, Node.connected_session_id)
+                .where(Node.id.in_(chunk), Node.state == NodeState.LIVE.value)
                 .with_for_update()
+            ).all()
+            mine = [(nid, space) for nid, space, sid in rows if sid == sessions[nid]]
+            if not mine:
+                continue
+            mine_ids = [nid for nid, _ in mine]
+            s.execute(
+                update(Node)
+                .where(Node.id.in_(mine_ids))
+                .values(
+                    state=NodeState.OFFLINE.value,
+                    state_since=now,
+                    state_cause=cause,
+                    connected_session_id=None,
+                    last_seen_at=now,
+                    link_process=None,
+                )
+                .execution_options(synchronize_session=False)
             )
-            for node in rows:
-                if go_offline(s, node, sessions[node.id], cause, cause_code):
-                    changed.append(node.id)
+            events = []
+            for nid, space in mine:
+                detail: dict[str, Any] = {"cause_code": cause_code, "session_id": sessions[nid]}
+                if expected_back_seconds is not None:
+                    detail["expected_back_seconds"] = expected_back_seconds
+                events.append(
+                    {
+                        "node_id": nid,
+                        "space_id": space,
+                        "at": now,
+                        "kind": "state",
+                        "state": NodeState.OFFLINE.value,
+                        "cause": cause,
+                        "detail": json.dumps(detail),
+                    }
+                )
+            s.execute(insert(NodeEvent), events)
+            node_store.note_written(mine_ids)
+            _watch_offline(s, mine, now, cause, cause_code, expected_back_seconds)
+            changed += mine_ids
     return changed
 
 
-def db_reap_dead_processes(db: Database, grace_seconds: float) -> list[tuple[str, str]]:
-    """Offline the live nodes whose Cloud process stopped beating; (node, session)."""
+def _watch_offline(
+    s: Session,
+    nodes: list[tuple[str, str]],
+    now: dt.datetime,
+    cause: str,
+    cause_code: str,
+    expected_back_seconds: float | None,
+) -> None:
+    """`reachability.node_offline` for many (node id, space id) at once: their
+    watches replaced by one DELETE and one multi-row INSERT."""
+    if not policy.watches(cause_code):
+        return
+    watches = []
+    for nid, space in nodes:
+        # A transient row: grace_of reads only its id and Space (graces cached per session).
+        grace = reachability.grace_of(s, Node(id=nid, space_id=space))
+        due = policy.due_at(now.timestamp(), grace, expected_back_seconds)
+        watches.append(
+            {
+                "node_id": nid,
+                "space_id": space,
+                "offline_at": now,
+                "due_at": dt.datetime.fromtimestamp(due, dt.UTC),
+                "grace_seconds": grace,
+                "cause": cause[:500],
+                "cause_code": cause_code,
+                "expected_back_at": None
+                if expected_back_seconds is None
+                else now + dt.timedelta(seconds=expected_back_seconds),
+            }
+        )
+    ids = [nid for nid, _ in nodes]
+    s.execute(delete(ReachabilityWatch).where(ReachabilityWatch.node_id.in_(ids)))
+    s.execute(insert(ReachabilityWatch), watches)
+
+
+def db_reap_dead_processes(
+    db: Database, grace_seconds: float, own_process: str | None = None
+) -> list[tuple[str, str]]:
+    """Offline the live nodes whose Cloud process stopped beating; (node,
+    session). `own_process`, the one asking, is alive whatever its last beat
+    says (a sweep slowed down by a busy machine must not offline its own
+    links: found by bench/reconnect_storm.py at load average 20)."""
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
     changed: list[tuple[str, str]] = []
     with db.session(write_lock=True) as s:
         alive = processes.alive_since(cutoff)
-        rows = s.scalars(
-            select(Node)
-            .where(
-                Node.state == NodeState.LIVE,
-                (Node.link_process.is_(None)) | (Node.link_process.not_in(alive)),
-            )
-            .with_for_update()
-        )
+        dead = (Node.link_process.is_(None)) | (Node.link_process.not_in(alive))
+        if own_process is not None:
+            dead = dead & (Node.link_process.is_(None) | (Node.link_process != own_process))
+        rows = s.scalars(select(Node).where(Node.state == NodeState.LIVE, dead).with_for_update())
         for node in rows:
             session = node.connected_session_id or ""
             if go_offline(

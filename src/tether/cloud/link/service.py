@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 from starlette.concurrency import run_in_threadpool
 
@@ -16,11 +17,15 @@ from tether.cloud.link import presence, processes
 from tether.cloud.link.endpoint import Endpoint
 from tether.cloud.link.sweeper import Sweeper
 from tether.cloud.routing import DISCONNECT, REMOVE, ControlCommand
-from tether.protocol import states
+from tether.protocol import auth, states
 from tether.protocol.frames import Disconnect
 from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_NORMAL, LinkState
 
 log = logging.getLogger("tether.cloud.link")
+
+# At a stop, how long the link handlers may take to see their close before
+# uvicorn aborts what is left (the close frames are sent by then).
+STOP_LINGER_SECONDS = 0.5
 
 
 class LinkService(Endpoint):
@@ -51,20 +56,68 @@ class LinkService(Endpoint):
         self._sweeping = Sweeper(self).start(description)
 
     async def stop(self) -> None:
-        """Close every link (Disconnect with a jittered delay, then 1012), record
-        the nodes offline in bulk, stop routing. Idempotent."""
+        """Close every link (Disconnect with the Cloud's reconnect spread, then
+        1012) while the nodes are recorded offline in one bulk transaction,
+        stop routing. Idempotent. Must finish well inside the shutdown hooks'
+        limit (server.py), or the offline write would be cancelled."""
         if self.closing:
             return
         self.closing = True
         if self._sweeping is not None:
             self._sweeping.cancel()
         links = list(self.links.values())
-        # Spread the fleet's return: about 1 s per 500 links, 1 s at least.
-        self._restart_spread = max(2.0, min(30.0, len(links) / 500))
+        # Spread the fleet's return over the time this Cloud needs to take it
+        # back (tether.cloud.link.admission), so it comes back without waves.
+        self._restart_spread = self.admission.restart_spread(len(links))
         for link in links:
             link.recorded_offline = True  # done in bulk below
-            await self._close_for_restart(link)
         sessions = {link.node_id: link.session_id for link in links}
+        # Each link that can resume gets a fresh resume token in its Disconnect
+        # (the one from its HelloAck may have expired), all in one write.
+        began = time.monotonic()
+        tokens: dict[str, str] = {}
+        resuming = [
+            link.node_id for link in links if auth.RESUME_CAPABILITY in link.hello.capabilities
+        ]
+        if resuming:
+            try:
+                tokens = await self.secret_store.issue_resume_tokens(resuming)
+            except Exception:
+                log.exception(
+                    "could not issue resume tokens at shutdown; nodes will use the challenge"
+                )
+        issued = time.monotonic()
+        # The offline write runs in a thread while the loop sends the Disconnects.
+        write = asyncio.ensure_future(self._record_stop(sessions))
+        await asyncio.gather(
+            *(self._close_for_restart(link, tokens.get(link.node_id, "")) for link in links)
+        )
+        closed = time.monotonic()
+        await write
+        if links:
+            log.info(
+                "closed %d link(s) for the Cloud restart (reconnect spread %.1f s): resume "
+                "tokens %.2f s, Disconnects and closes %.2f s, offline write done %.2f s later",
+                len(links),
+                self._restart_spread,
+                issued - began,
+                closed - issued,
+                time.monotonic() - closed,
+            )
+        # Give the link handlers a moment to see their close (they skip the
+        # database now); uvicorn aborts the connections still open after that.
+        # Links half-way through their handshake close themselves on seeing
+        # `closing` (and record themselves offline).
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=STOP_LINGER_SECONDS)
+        if self._alert_writes:
+            await asyncio.wait(list(self._alert_writes), timeout=5)
+        try:
+            await self.router.close()
+        except Exception:
+            log.exception("could not close the router")
+
+    async def _record_stop(self, sessions: dict[str, str]) -> None:
         try:
             await run_in_threadpool(
                 presence.db_mark_offline,
@@ -73,22 +126,9 @@ class LinkService(Endpoint):
                 "Cloud restart",
                 states.CAUSE_CLOUD_CLOSED,
             )
-            if links:
-                log.info("closed %d link(s) for the Cloud restart", len(links))
             await run_in_threadpool(processes.db_forget_process, self.db, self.process_id)
         except Exception:
             log.exception("could not record the links closed at shutdown")
-        # Let the link handlers finish (they skip the database now). Links that
-        # were half-way through their handshake close themselves on seeing
-        # `closing` (and record themselves offline).
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-        if self._alert_writes:
-            await asyncio.wait(list(self._alert_writes), timeout=5)
-        try:
-            await self.router.close()
-        except Exception:
-            log.exception("could not close the router")
 
     # -- node removal -------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 process's heartbeat, offlines the nodes of Cloud processes that stopped
 beating, closes local links whose node was removed (4003) or taken over by a
 newer link on another process (4009), prunes the history
-(tether.cloud.retention), purges expired one-time secrets and forgets idle
+(tether.cloud.retention), removes stale and ephemeral nodes
+(tether.cloud.stale_nodes), purges expired one-time secrets and forgets idle
 frame budgets."""
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
-from tether.cloud import retention
+from tether.cloud import retention, stale_nodes
 from tether.cloud.link import presence, processes
 from tether.cloud.link.endpoint import Endpoint, LiveLink
+from tether.cloud.models import utcnow
 from tether.cloud.outage import DATABASE_ERRORS
 from tether.protocol import states
 from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_REPLACED
@@ -33,9 +35,15 @@ class Sweeper:
         self._purged_at = time.monotonic()
         settings = endpoint.settings
         self.retention = retention.Retention(
-            settings.history_days, settings.node_events_per_node, settings.claim_audit_rows
+            settings.history_days,
+            settings.node_events_per_node,
+            settings.claim_audit_rows,
+            settings.audit_days,
+            settings.audit_rows_per_space,
         )
         self._pruned_at: float | None = None  # None: the first prune checks every node
+        # What the reaping of stale and ephemeral nodes decides by (injectable).
+        self.wall_clock = utcnow
 
     def start(self, description: str) -> asyncio.Task[None]:
         """Sweep every keepalive interval until the task is cancelled; hear of
@@ -69,6 +77,7 @@ class Sweeper:
             presence.db_reap_dead_processes,
             self.endpoint.db,
             processes.grace_seconds(self.endpoint.keepalive),
+            self.endpoint.process_id,
         )
         if not self.endpoint.links:
             return
@@ -111,12 +120,31 @@ class Sweeper:
         pruned = await run_in_threadpool(
             retention.prune, self.endpoint.db, self.retention, None, every_node
         )
-        if pruned.node_events or pruned.claim_audit:
+        if pruned.node_events or pruned.claim_audit or pruned.audit_log:
             log.info(
-                "history pruned: %d node event(s), %d claim audit row(s)",
+                "history pruned: %d node event(s), %d claim audit row(s), %d audit entries",
                 pruned.node_events,
                 pruned.claim_audit,
+                pruned.audit_log,
             )
+        # Same cadence: ephemeral nodes past their TTL, Spaces' stale policies.
+        reaped = await run_in_threadpool(stale_nodes.reap, self.endpoint.db, self.wall_clock())
+        if reaped.removed or reaped.stale_marked:
+            log.info(
+                "nodes reaped: %d ephemeral and %d stale removed, %d marked stale",
+                len(reaped.ephemeral),
+                len(reaped.stale_removed),
+                reaped.stale_marked,
+            )
+        for node_id in reaped.removed:  # a link that came up meanwhile: 4003
+            link = self.endpoint.links.get(node_id)
+            if link is not None and not link.closed:
+                await link.close(
+                    CLOSE_NODE_REMOVED,
+                    "node removed from its Space",
+                    "node removed",
+                    states.CAUSE_REMOVED,
+                )
 
     def _forget_idle_budgets(self) -> None:
         for node_id, budget in list(self.endpoint.budgets.items()):

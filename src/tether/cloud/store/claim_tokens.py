@@ -6,7 +6,8 @@ Fernet-sealed so an admin can read it again, and rotating it revokes the old
 one in the same transaction. Named tokens are created and revoked one by one;
 their secret is shown once at creation and only its SHA-256 is kept. Each
 may carry an expiry, a maximum number of uses (nodes it may enroll), rooms
-and labels it gives the nodes, and an "ephemeral" flag.
+and labels it gives the nodes, and an "ephemeral" flag with its TTL: the
+node is removed after that long offline (tether.cloud.stale_nodes).
 
 A use is taken by one conditional UPDATE in the claim's transaction
 (`take_use`), so N concurrent claims on a 1-use token give one success on
@@ -30,6 +31,7 @@ from tether.cloud.store import labels as label_store
 from tether.cloud.store import spaces as space_store
 
 DEFAULT_NAME = "default"
+DEFAULT_EPHEMERAL_TTL = 3600  # = tether.cloud.stale_nodes.DEFAULT_EPHEMERAL_TTL
 MAX_USES = 1_000_000
 
 
@@ -133,9 +135,12 @@ def create(
     rooms: object = None,
     labels: object = None,
     ephemeral: bool = False,
+    ephemeral_ttl: int | None = None,
 ) -> tuple[str, ClaimToken]:
     """A new named token; returns (token in clear, row). The clear token is
-    not kept: this is the only time it can be shown."""
+    not kept: this is the only time it can be shown. An ephemeral token's
+    nodes are removed after `ephemeral_ttl` seconds not live
+    (tether.cloud.stale_nodes; the caller checks its range)."""
     clean_name = space_store.check_name(name, "A claiming token")
     why = node_metadata.problem(clean_name, 200)
     if why is not None:
@@ -170,6 +175,7 @@ def create(
         max_uses=max_uses,
         uses=0,
         ephemeral=ephemeral,
+        ephemeral_ttl_seconds=(ephemeral_ttl or DEFAULT_EPHEMERAL_TTL) if ephemeral else None,
         rooms=json.dumps(room_ids),
         labels=json.dumps(clean_labels, sort_keys=True),
     )
@@ -288,6 +294,7 @@ def token_json(row: ClaimToken, now: dt.datetime | None = None) -> dict[str, Any
         "rooms": room_ids(row),
         "labels": labels_of(row),
         "ephemeral": row.ephemeral,
+        "ephemeral_ttl": row.ephemeral_ttl_seconds,
         "revoked_at": iso(row.revoked_at),
         "revoked_by": row.revoked_by,
     }

@@ -1,7 +1,8 @@
 """Node labels: `key = value` pairs from three sources.
 
 - `token`: given by the claiming token the node was enrolled with;
-- `agent`: the agent's own (`[host labels]`), once the link carries them;
+- `agent`: the agent's own `[host labels]`, from the link's Hello and
+  NodeUpdate (tether.cloud.agent_labels);
 - `cloud`: set by a Space manager or admin through the API.
 
 Each source's labels are kept apart (replacing one source's set leaves the
@@ -12,7 +13,6 @@ winning value in SQL.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from sqlalchemy import delete, select
@@ -20,12 +20,13 @@ from sqlalchemy.orm import Session
 
 from tether.cloud import node_metadata
 from tether.cloud.models import NodeLabel
+from tether.protocol import labels as rules
 
 RANK = {"token": 1, "agent": 2, "cloud": 3}
-MAX_LABELS = 100
-MAX_KEY = 64
-MAX_VALUE = 200
-_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,63}")
+MAX_LABELS = rules.MAX_LABELS
+MAX_KEY = rules.MAX_KEY
+MAX_VALUE = rules.MAX_VALUE
+_KEY = rules.KEY
 
 
 def check_key(key: object) -> str:

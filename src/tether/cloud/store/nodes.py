@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from tether.cloud import node_list
+from tether.cloud import node_lifecycle, node_list
 from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, SpaceMember, utcnow
 from tether.cloud.secrets import iso
 from tether.protocol.states import NodeState
@@ -223,6 +223,12 @@ def node_json(node: Node) -> dict[str, Any]:
         "boot_id": node.boot_id,
         "duplicate_detected_at": iso(node.duplicate_detected_at),
         "duplicate": json.loads(node.duplicate_detail) if node.duplicate_detail else None,
+        # Lifecycle (tether.cloud.stale_nodes): removed after this long not live,
+        # and when the Space's stale policy marked it.
+        "ephemeral_ttl": node.ephemeral_ttl_seconds,
+        "stale_marked_at": iso(node.stale_marked_at),
+        # Key age, planned stop, clone conflict (issue 13).
+        **node_lifecycle.fields(node),
     }
 
 

@@ -62,22 +62,48 @@ def authenticate(s: Session, email: str, password: str) -> User | None:
     return user if verify_password(user.password_hash, password) else None
 
 
-def create_api_token(s: Session, user: User, name: str) -> tuple[str, ApiToken]:
+SCOPES = ("read", "full")  # read: GET and HEAD only (tether.cloud.auth enforces it)
+
+
+def create_api_token(
+    s: Session,
+    user: User,
+    name: str,
+    scope: str = "full",
+    expires_at: dt.datetime | None = None,
+) -> tuple[str, ApiToken]:
+    if scope not in SCOPES:
+        raise ValueError(f"scope {scope[:20]!r} is not one of: {', '.join(SCOPES)}")
     token, prefix = new_token(API_KIND)
-    row = ApiToken(user_id=user.id, name=name[:200], prefix=prefix, token_hash=sha256_hex(token))
+    row = ApiToken(
+        user_id=user.id,
+        name=name[:200],
+        prefix=prefix,
+        token_hash=sha256_hex(token),
+        scope=scope,
+        expires_at=expires_at,
+    )
     s.add(row)
     s.flush()
     return token, row
 
 
-def api_token_owner(s: Session, token: str) -> tuple[User, ApiToken] | None:
-    """The user a valid, unrevoked API token belongs to, with its row (one
-    indexed SELECT by prefix, then a constant-time hash comparison)."""
+def api_token_expired(row: ApiToken, now: dt.datetime | None = None) -> bool:
+    return row.expires_at is not None and aware(row.expires_at) <= (now or utcnow())
+
+
+def api_token_owner(
+    s: Session, token: str, now: dt.datetime | None = None
+) -> tuple[User, ApiToken] | None:
+    """The user a valid, unrevoked, unexpired API token belongs to, with its
+    row (one indexed SELECT by prefix, then a constant-time hash comparison)."""
     prefix = token_prefix(token, API_KIND)
     if prefix is None:
         return None
     row = s.scalar(select(ApiToken).where(ApiToken.prefix == prefix))
     if row is None or row.revoked or not same_hash(token, row.token_hash):
+        return None
+    if api_token_expired(row, now):
         return None
     user = s.get(User, row.user_id)
     return (user, row) if user is not None else None

@@ -198,8 +198,32 @@ def kubernetes_manifest() -> str:
     return K8S_MANIFEST.read_text()
 
 
-def _host_mounts(fmt: str) -> list[str]:
-    return [fmt.format(src=p, dst=HOST_ROOT + p) for p in HOST_MOUNTS]
+def _volumes(ca_source: str | None) -> list[str]:
+    """The agent container's volumes, SOURCE:TARGET[:ro]: its config, identity
+    and logs; the Cloud's CA (from `ca_source`) when it has a private one; the
+    host's /proc, /sys and os-release, read-only."""
+    vols = ["tetherconfig:/etc/tether", f"tetherlib:{LIB_DIR}", f"tetherlog:{LOG_DIR}"]
+    if ca_source is not None:
+        vols.append(f"{ca_source}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro")
+    return vols + [f"{p}:{HOST_ROOT}{p}:ro" for p in HOST_MOUNTS]
+
+
+def _claim_settings(args: tuple[str, str, str, str]) -> list[tuple[str, str]]:
+    """What a container's agent claims with (and links by, for the proxy), in
+    order: (name, value), the name as TETHER_CLAIM_<NAME> spells it."""
+    url, token, rooms, proxy = args
+    settings = [("TOKEN", token), ("URL", url)]
+    if rooms:
+        settings.append(("ROOMS", rooms))
+    if proxy:
+        settings.append(("PROXY", proxy))
+    return settings
+
+
+def _environment(args: tuple[str, str, str, str]) -> list[str]:
+    """The agent container's environment, NAME=VALUE."""
+    claim = [f"TETHER_CLAIM_{name}={value}" for name, value in _claim_settings(args)]
+    return [f"TETHER_HOST_ROOT={HOST_ROOT}", *claim]
 
 
 def _native(
@@ -223,29 +247,16 @@ def _native(
 
 
 def _docker_run(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
-    url, token, rooms, proxy = args
     if ca:
         out.steps.append(_ca_download(ca))
-    lines = [
-        "docker run -d --name=tether \\",
-        "  -p 19999:19999 \\",
-        "  -v tetherconfig:/etc/tether \\",
-        f"  -v tetherlib:{LIB_DIR} \\",
-        f"  -v tetherlog:{LOG_DIR} \\",
-    ]
-    if ca:
-        lines.append(f'  -v "$PWD/{CA_NAME}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro" \\')
-    lines += _host_mounts("  -v {src}:{dst}:ro \\")
-    lines += [
-        "  --restart unless-stopped \\",
-        f"  -e TETHER_HOST_ROOT={HOST_ROOT} \\",
-        f"  -e TETHER_CLAIM_TOKEN={q(token)} \\",
-        f"  -e TETHER_CLAIM_URL={q(url)} \\",
-    ]
-    if rooms:
-        lines.append(f"  -e TETHER_CLAIM_ROOMS={q(rooms)} \\")
-    if proxy:
-        lines.append(f"  -e TETHER_CLAIM_PROXY={q(proxy)} \\")
+    lines = ["docker run -d --name=tether \\", "  -p 19999:19999 \\"]
+    for vol in _volumes(f"$PWD/{CA_NAME}" if ca else None):
+        # Double quotes: the shell expands $PWD but does not split the path.
+        lines.append(f'  -v "{vol}" \\' if vol.startswith("$") else f"  -v {vol} \\")
+    lines.append("  --restart unless-stopped \\")
+    for setting in _environment(args):
+        name, _, value = setting.partition("=")
+        lines.append(f"  -e {name}={q(value)} \\")
     lines.append(f"  {IMAGE}")
     out.steps.append(
         Step(
@@ -264,26 +275,10 @@ def _yaml_value(value: str) -> str:
 
 
 def _docker_compose(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
-    url, token, rooms, proxy = args
     if ca:
         out.steps.append(_ca_download(ca))
-    vols = [
-        "      - tetherconfig:/etc/tether",
-        f"      - tetherlib:{LIB_DIR}",
-        f"      - tetherlog:{LOG_DIR}",
-    ]
-    if ca:
-        vols.append(f"      - ./{CA_NAME}:{LIB_DIR}/cloud.d/cloud_fullchain.pem:ro")
-    vols += _host_mounts("      - {src}:{dst}:ro")
-    env = [
-        f"      - TETHER_HOST_ROOT={HOST_ROOT}",
-        f"      - {_yaml_value('TETHER_CLAIM_TOKEN=' + token)}",
-        f"      - {_yaml_value('TETHER_CLAIM_URL=' + url)}",
-    ]
-    if rooms:
-        env.append(f"      - {_yaml_value('TETHER_CLAIM_ROOMS=' + rooms)}")
-    if proxy:
-        env.append(f"      - {_yaml_value('TETHER_CLAIM_PROXY=' + proxy)}")
+    vols = [f"      - {vol}" for vol in _volumes(f"./{CA_NAME}" if ca else None)]
+    env = [f"      - {_yaml_value(setting)}" for setting in _environment(args)]
     text = "\n".join(
         [
             "services:",
@@ -321,12 +316,7 @@ def _docker_exec(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa
 
 
 def _kubernetes(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
-    url, token, rooms, proxy = args
-    literals = [f"token={token}", f"url={url}"]
-    if rooms:
-        literals.append(f"rooms={rooms}")
-    if proxy:
-        literals.append(f"proxy={proxy}")
+    literals = [f"{name.lower()}={value}" for name, value in _claim_settings(args)]
     secret = [
         f"kubectl create namespace {K8S_NAMESPACE}",
         f"kubectl -n {K8S_NAMESPACE} create secret generic {K8S_SECRET} \\",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -25,7 +26,7 @@ from tether.cloud.auth import Principal
 from tether.cloud.db import Database
 from tether.cloud.errors import ApiError
 from tether.cloud.models import NodeRoom, Room, Space
-from tether.cloud.secrets import aware
+from tether.cloud.secrets import SecretBox, aware
 from tether.cloud.store import spaces as space_store
 
 HERE = Path(__file__).parent
@@ -212,6 +213,70 @@ async def posted(request: Request, change: Callable[[Session, Principal, FormDat
     user = await signed_in(request)
     form = await form_of(request, user)
     return await in_db(request, lambda s: change(s, user, form), write=True)
+
+
+@dataclass(frozen=True)
+class Post:
+    """What the change of an `action` gets (the UI's side of the API's Ctx):
+    the write session, the signed-in user, the checked form and the request."""
+
+    s: Session
+    user: Principal
+    form: FormData
+    request: Request
+
+    def param(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+    @property
+    def sid(self) -> str:
+        """The id of the Space in the path (most forms are a Space's)."""
+        return self.param("space_id")
+
+    def field(self, name: str) -> str:
+        return field(self.form, name)
+
+    @property
+    def box(self) -> SecretBox:
+        box: SecretBox = self.request.app.state.secret_box
+        return box
+
+
+def action(back: str, change: Callable[[Post], object]) -> Handler:
+    """The handler of a form that changes one thing: `change` runs as `posted`
+    says, then the browser goes to `back` with the path's ids filled in, e.g.
+    "/spaces/{space_id}/manage?done=room-renamed"; refusals become pages (`page`)."""
+
+    @page
+    async def handler(request: Request) -> Response:
+        await posted(request, lambda s, user, form: change(Post(s, user, form, request)))
+        return redirect(back.format_map(request.path_params))
+
+    return handler
+
+
+async def space_page(
+    request: Request,
+    user: Principal,
+    template: str,
+    fill: Callable[[Session, Space, str], dict[str, Any]],
+    flash: Mapping[str, str],
+    needed: str = "member",
+) -> Response:
+    """A page of the Space in the path: the user's role checked (at least
+    `needed`), the header and sidebar (`nav`) and what `fill(session, space,
+    role)` adds, read in one transaction; then the message `?done=` names."""
+    sid = request.path_params["space_id"]
+
+    def load(s: Session) -> dict[str, Any]:
+        space, role = member_space(s, user, sid, needed)
+        ctx = nav(s, user, space, role)
+        ctx.update(fill(s, space, role))
+        return ctx
+
+    ctx = await in_db(request, load)
+    ctx["flash"] = flash.get(request.query_params.get("done", ""))
+    return render(request, template, ctx)
 
 
 # What the UI says when something a page or form names is not there.

@@ -5,27 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.orm import Session
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tether.cloud import space_ops
-from tether.cloud.auth import Principal
-from tether.cloud.models import utcnow
+from tether.cloud.models import Space, utcnow
 from tether.cloud.secrets import iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import spaces as space_store
 from tether.cloud.web.common import (
+    Post,
     UiError,
+    action,
     field,
-    in_db,
-    member_space,
-    nav,
     page,
     posted,
     redirect,
-    render,
     signed_in,
+    space_page,
 )
 
 FLASH = {
@@ -46,12 +43,9 @@ FLASH = {
 @page
 async def manage_page(request: Request) -> Response:
     user = await signed_in(request)
-    sid = request.path_params["space_id"]
 
-    def load(s: Session) -> dict[str, Any]:
-        space, role = member_space(s, user, sid)
-        ctx = nav(s, user, space, role)
-        ctx["title"] = f"Manage {space.name}"
+    def fill(s: Session, space: Space, role: str) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"title": f"Manage {space.name}"}
         ctx["members"] = [
             {
                 "user_id": u.id,
@@ -86,97 +80,59 @@ async def manage_page(request: Request) -> Response:
         ctx["token"] = token
         return ctx
 
-    ctx = await in_db(request, load)
-    ctx["flash"] = FLASH.get(request.query_params.get("done", ""))
-    return render(request, "manage.html", ctx)
+    return await space_page(request, user, "manage.html", fill, FLASH)
 
 
-def _back(sid: str, done: str) -> Response:
-    return redirect(f"/spaces/{sid}/manage?done={done}")
+BACK = "/spaces/{space_id}/manage?done="
 
 
-@page
-async def add_member(request: Request) -> Response:
+def _invite(p: Post) -> None:
     """Invite by email: the same answer whether or not the account exists."""
-    sid = request.path_params["space_id"]
-
-    def invite(s: Session, user: Principal, form: FormData) -> None:
-        try:
-            space_ops.invite(s, user, sid, field(form, "email"), field(form, "role") or "member")
-        except space_store.AlreadyMember as exc:
-            raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") from None
-
-    await posted(request, invite)
-    return _back(sid, "member-invited")
+    try:
+        space_ops.invite(p.s, p.user, p.sid, p.field("email"), p.field("role") or "member")
+    except space_store.AlreadyMember as exc:
+        raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") from None
 
 
-@page
-async def revoke_invitation(request: Request) -> Response:
-    sid, iid = request.path_params["space_id"], request.path_params["invitation_id"]
-    await posted(request, lambda s, user, _: space_ops.revoke_invitation(s, user, sid, iid))
-    return _back(sid, "invitation-revoked")
+def _rotate(p: Post) -> None:
+    if p.field("confirm") != "yes":
+        raise UiError(400, "Tick the confirmation box to rotate the claiming token.")
+    space_ops.rotate_claim_token(p.s, p.box, p.user, p.sid)
 
 
-@page
-async def change_member(request: Request) -> Response:
-    sid, uid = request.path_params["space_id"], request.path_params["user_id"]
-    await posted(
-        request,
-        lambda s, user, form: space_ops.change_member(s, user, sid, uid, field(form, "role")),
-    )
-    return _back(sid, "member-changed")
-
-
-@page
-async def remove_member(request: Request) -> Response:
-    sid, uid = request.path_params["space_id"], request.path_params["user_id"]
-    await posted(request, lambda s, user, _: space_ops.remove_member(s, user, sid, uid))
-    return _back(sid, "member-removed")
+add_member = action(BACK + "member-invited", _invite)
+revoke_invitation = action(
+    BACK + "invitation-revoked",
+    lambda p: space_ops.revoke_invitation(p.s, p.user, p.sid, p.param("invitation_id")),
+)
+change_member = action(
+    BACK + "member-changed",
+    lambda p: space_ops.change_member(p.s, p.user, p.sid, p.param("user_id"), p.field("role")),
+)
+remove_member = action(
+    BACK + "member-removed",
+    lambda p: space_ops.remove_member(p.s, p.user, p.sid, p.param("user_id")),
+)
+rename_room = action(
+    BACK + "room-renamed",
+    lambda p: space_ops.rename_room(p.s, p.user, p.sid, p.param("room_id"), p.field("name")),
+)
+delete_room = action(
+    BACK + "room-deleted",
+    lambda p: space_ops.delete_room(p.s, p.user, p.sid, p.param("room_id")),
+)
+rename_space = action(
+    BACK + "space-renamed",
+    lambda p: space_ops.rename_space(p.s, p.user, p.sid, p.field("name")),
+)
+rotate_token = action(BACK + "token-rotated", _rotate)
 
 
 @page
 async def create_room(request: Request) -> Response:
+    """Goes to the new room (its id is known only once it is made)."""
     sid = request.path_params["space_id"]
     room = await posted(
         request, lambda s, user, form: space_ops.create_room(s, user, sid, field(form, "name"))
     )
     return redirect(f"/spaces/{sid}/rooms/{room.id}")
-
-
-@page
-async def rename_room(request: Request) -> Response:
-    sid, rid = request.path_params["space_id"], request.path_params["room_id"]
-    await posted(
-        request,
-        lambda s, user, form: space_ops.rename_room(s, user, sid, rid, field(form, "name")),
-    )
-    return _back(sid, "room-renamed")
-
-
-@page
-async def delete_room(request: Request) -> Response:
-    sid, rid = request.path_params["space_id"], request.path_params["room_id"]
-    await posted(request, lambda s, user, _: space_ops.delete_room(s, user, sid, rid))
-    return _back(sid, "room-deleted")
-
-
-@page
-async def rename_space(request: Request) -> Response:
-    sid = request.path_params["space_id"]
-    await posted(
-        request, lambda s, user, form: space_ops.rename_space(s, user, sid, field(form, "name"))
-    )
-    return _back(sid, "space-renamed")
-
-
-@page
-async def rotate_token(request: Request) -> Response:
-    sid, box = request.path_params["space_id"], request.app.state.secret_box
-
-    def rotate(s: Session, user: Principal, form: FormData) -> None:
-        if field(form, "confirm") != "yes":
-            raise UiError(400, "Tick the confirmation box to rotate the claiming token.")
-        space_ops.rotate_claim_token(s, box, user, sid)
-
-    await posted(request, rotate)
-    return _back(sid, "token-rotated")

@@ -14,15 +14,17 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.cloud import auth, node_list, space_ops
+from tether.cloud import auth, node_list, planned_stops, space_ops
 from tether.cloud.auth import Principal
 from tether.cloud.client import client_address
 from tether.cloud.errors import ApiError
+from tether.cloud.link import clones
 from tether.cloud.models import Node, NodeRoom, utcnow
 from tether.cloud.secrets import aware, iso
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.cloud.store import users as user_store
+from tether.cloud.web import node_detail
 from tether.cloud.web.common import (
     LOGIN_CSRF_COOKIE,
     UiError,
@@ -41,7 +43,17 @@ from tether.cloud.web.common import (
 )
 from tether.protocol.states import NodeState
 
-RANGES = {"5m": 300, "1h": 3600}
+# The node page's time picker (seconds back from now); "custom" is a from/to
+# pair in the URL. Past the agent's per-second history (an hour by default)
+# the agent answers from its per-minute tier by itself.
+RANGES = {"5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
+RANGE_NAMES = {
+    "5m": "5 minutes",
+    "15m": "15 minutes",
+    "1h": "1 hour",
+    "6h": "6 hours",
+    "24h": "24 hours",
+}
 
 
 def safe_next(value: str | None) -> str:
@@ -79,13 +91,18 @@ def node_view(
         "state_since": iso(node.state_since),
         "state_cause": node.state_cause or "",
         "last_seen_at": iso(node.last_seen_at) if node.last_seen_at else "",
-        "expected_back_at": iso(expected_back) if expected_back else "",
+        "expected_back_at": iso(node.expected_back_at or expected_back)
+        if (node.expected_back_at or expected_back)
+        else "",
         "os": node.os or "",
         "agent_version": node.agent_version or "",
         "rooms": sorted(r.name for r in node.rooms if not r.is_all_nodes),
         "last_address": node.last_address or "",
         "url": f"/spaces/{space_id}/nodes/{node.id}",
         "duplicate": duplicate_text(node),
+        # Issue 13: "planned: upgrade, expected back at 14:05 UTC"; a refused clone.
+        "planned": planned_stops.text(node),
+        "clone_conflict": clones.text(node),
     }
 
 
@@ -407,7 +424,7 @@ async def node_page(request: Request) -> Response:
     user = await signed_in(request)
     sid, nid = request.path_params["space_id"], request.path_params["node_id"]
     range_key = request.query_params.get("range", "5m")
-    if range_key not in RANGES:
+    if range_key not in RANGES and range_key != "custom":
         range_key = "5m"
 
     def load(s: Session) -> dict[str, Any]:
@@ -417,12 +434,21 @@ async def node_page(request: Request) -> Response:
         ctx.update(
             title=node.hostname,
             node=node_view(node, space.id),
-            events=[node_store.event_json(e) for e in node_store.events(s, node.id, 10)],
+            detail=node_detail.details(s, node),
+            # The page listens to the Space's live stream (any room's stream
+            # carries every node of the Space; the all-nodes room always exists).
+            events_url=f"/spaces/{space.id}/rooms/{space_store.all_nodes_room(s, space.id).id}"
+            "/events",
         )
         return ctx
 
     ctx = await in_db(request, load)
-    ctx.update(range_key=range_key, range_seconds=RANGES[range_key], ranges=list(RANGES))
+    ctx.update(
+        range_key=range_key,
+        range_seconds=RANGES.get(range_key, 300),
+        ranges=list(RANGES.items()),
+        range_names=RANGE_NAMES,
+    )
     return render(request, "node.html", ctx)
 
 
@@ -433,7 +459,8 @@ async def node_json(request: Request) -> Response:
 
     def load(s: Session) -> dict[str, Any]:
         space, _ = member_space(s, user, sid)
-        return node_view(space_ops.node(s, space, nid), space.id)
+        node = space_ops.node(s, space, nid)
+        return {**node_view(node, space.id), **node_detail.details(s, node)}
 
     return JSONResponse(await in_db(request, load))
 

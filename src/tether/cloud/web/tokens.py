@@ -75,6 +75,8 @@ async def create_token(request: Request) -> Response:
 
     def create(s: Session, user: Principal, form: FormData) -> dict[str, Any]:
         hours = _int(form, "expires_in_hours", "Expires in (hours)")
+        ephemeral = field(form, "ephemeral") == "yes"
+        ttl_minutes = _int(form, "ephemeral_ttl_minutes", "Remove after offline (minutes)")
         body = {
             "name": field(form, "name"),
             "expires_in": None if hours is None else hours * 3600,
@@ -83,9 +85,11 @@ async def create_token(request: Request) -> Response:
             "labels": label_store.parse_pairs(
                 [p for p in field(form, "labels").replace(",", "\n").splitlines() if p.strip()]
             ),
-            "ephemeral": field(form, "ephemeral") == "yes",
+            "ephemeral": ephemeral,
+            "ephemeral_ttl": None if ttl_minutes is None or not ephemeral else ttl_minutes * 60,
         }
-        token, row = space_ops.create_claim_token(s, user, sid, body, utcnow())
+        min_ttl = request.app.state.settings.min_ephemeral_ttl_seconds
+        token, row = space_ops.create_claim_token(s, user, sid, body, utcnow(), min_ttl)
         ctx = _ctx(s, user, sid)
         ctx["created"] = {"token": token, "name": row.name, "prefix": row.prefix}
         return ctx

@@ -111,7 +111,9 @@
       back = el("span", "when", when(n.expected_back_at));
       back.dataset.when = n.expected_back_at;
     }
-    tr.appendChild(cell("Expected back", back));
+    const backCell = cell("Expected back", back);
+    if (n.planned) backCell.append(" ", el("small", "planned", n.planned));
+    tr.appendChild(backCell);
     tr.appendChild(cell("OS", n.os || "—"));
     tr.appendChild(cell("Agent", n.agent_version || "—"));
     tr.appendChild(cell("Rooms", n.rooms.join(", ") || "—"));

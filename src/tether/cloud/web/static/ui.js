@@ -22,12 +22,27 @@
   window.tetherRefreshTimes = refreshTimes;
   setInterval(refreshTimes, 5000);
 
+  // Dates in the user's locale: <time data-local> shows the local date and
+  // time; every <time datetime> gets it as its tooltip (the server can only
+  // write UTC or "3 min ago").
+  function localDates() {
+    for (const t of document.querySelectorAll("time[datetime]")) {
+      const d = new Date(t.getAttribute("datetime"));
+      if (isNaN(d)) continue;
+      t.title = d.toLocaleString();
+      if (t.hasAttribute("data-local")) t.textContent = d.toLocaleString();
+    }
+  }
+  window.tetherLocalDates = localDates;
+  localDates();
+
   for (const button of document.querySelectorAll("button[data-copy]")) {
     button.addEventListener("click", async () => {
       const text = document.getElementById(button.dataset.copy).textContent;
       try {
         await navigator.clipboard.writeText(text);
         button.textContent = "Copied";
+        button.setAttribute("aria-live", "polite");
       } catch (err) {
         // Clipboard needs a secure context; selecting the text is the fallback.
         const range = document.createRange();
