@@ -37,16 +37,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(port: int, path: str) -> dict:  # type: ignore[type-arg]
+def get(port: int, path: str, timeout: float = 5.0) -> dict:  # type: ignore[type-arg]
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+    with opener.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-def start(prefix: Path, history: int) -> tuple[subprocess.Popen[bytes], int]:
-    conf = prefix / "etc/tether/tether.conf"
-    conf.parent.mkdir(parents=True)
-    conf.write_text(f"[global]\n    history seconds = {history}\n[web]\n    bind to = 127.0.0.1\n")
+def start_agent(
+    prefix: Path, conf: str, timeout: float = 20.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real `tether-agent` under `prefix` with tether.conf `conf`; (process, API port)."""
+    path = prefix / "etc/tether/tether.conf"
+    path.parent.mkdir(parents=True)
+    path.write_text(conf)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     proc = subprocess.Popen(
@@ -55,7 +58,7 @@ def start(prefix: Path, history: int) -> tuple[subprocess.Popen[bytes], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             get(port, "/api/v1/info")
@@ -64,6 +67,29 @@ def start(prefix: Path, history: int) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("the agent did not start; run it by hand to see why")
+
+
+def start(prefix: Path, history: int) -> tuple[subprocess.Popen[bytes], int]:
+    conf = f"[global]\n    history seconds = {history}\n[web]\n    bind to = 127.0.0.1\n"
+    return start_agent(prefix, conf)
+
+
+def cpu_and_rss(proc: psutil.Process, seconds: float) -> tuple[float, int]:
+    """The process's CPU (% of one core, from its own CPU times) over the next
+    `seconds`, and its RSS at the end."""
+    c0, t0 = proc.cpu_times(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = proc.cpu_times(), time.monotonic()
+    cpu = 100.0 * ((c1.user - c0.user) + (c1.system - c0.system)) / (t1 - t0)
+    return cpu, proc.memory_info().rss
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main() -> int:
@@ -78,11 +104,7 @@ def main() -> int:
         try:
             time.sleep(WARMUP)
             p = psutil.Process(full.pid)
-            c0, t0 = p.cpu_times(), time.monotonic()
-            time.sleep(ns.seconds)
-            c1, t1 = p.cpu_times(), time.monotonic()
-            cpu = 100.0 * ((c1.user - c0.user) + (c1.system - c0.system)) / (t1 - t0)
-            rss = p.memory_info().rss
+            cpu, rss = cpu_and_rss(p, ns.seconds)
             rss_small = psutil.Process(small.pid).memory_info().rss
             info = get(full_port, "/api/v1/info")
             window = int(ns.seconds)
@@ -94,12 +116,8 @@ def main() -> int:
                 f"/api/v1/data?chart=tether.collection_time&after=-{window}&points=1&group=max",
             )
         finally:
-            for proc in (full, small):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(full)
+            stop(small)
     metrics = int(info["metrics-count"])
     computed = 3600 * 8 + 3 * MINUTE_SLOTS * 4
     measured = (rss - rss_small) / metrics / (3600 - 60) * 3600 if metrics else 0.0

@@ -183,8 +183,14 @@ def test_rendered_agents_stream_and_a_nodes_child_keeps_its_identity(
             "node-a back",
         )
         assert again["connections"] == 2 and len(children()) == 2
-        r = parent.get(f"/host/{guid_for_node('node-a')}/api/v1/data", chart="system.uptime")
-        assert r.status_code == 200 and r.json()["points"] > 0
+
+        # Its charts arrive as the new pod collects them (reachable comes first).
+        def uptime_points() -> int:
+            path = f"/host/{guid_for_node('node-a')}/api/v1/data"
+            r = parent.get(path, chart="system.uptime")
+            return int(r.json()["points"]) if r.status_code == 200 else 0
+
+        poll(uptime_points, 30, "node-a's system.uptime through the parent")
     finally:
         launch.stop_all()
 

@@ -1,16 +1,17 @@
-"""packaging/kubernetes/ is exactly what Connect Nodes shows for Kubernetes, is
-valid against the current Kubernetes schema (strict), keeps the node's identity
-on the node keyed by its node name, reads the host under /host, and leaves the
-claim settings to a Secret the user creates. A pod started the way the manifest
-says (its env resolved from the user's Secret and ConfigMap, its state
-directory from the hostPath and the node name) claims once per node."""
+"""packaging/kubernetes/ (the plain manifest of docs/containers.md: one claimed
+agent per node, no parent; Connect Nodes shows the Helm chart instead, see
+test_helm_install.py) is valid against the current Kubernetes schema (strict),
+keeps the node's identity on the node keyed by its node name, reads the host
+under /host, and leaves the claim settings to the Secret docs/containers.md
+has the user create. A pod started the way the manifest says (its env resolved
+from that Secret and the CA ConfigMap, its state directory from the hostPath
+and the node name) claims once per node."""
 
 from __future__ import annotations
 
 import copy
 import json
 import re
-import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tether.cloud.web import commands
 from tether.paths import AgentPaths
 
 MANIFEST = REPO / "packaging" / "kubernetes" / "tether-agent.yaml"
+CONTAINERS_DOC = REPO / "docs" / "containers.md"
 ROOT = AgentPaths(Path("/"))  # TETHER_PREFIX=/ in the image
 URL = "https://cloud.example.com:19443"
 TOKEN = "tct_abcdefgh_" + "x" * 43
@@ -56,25 +58,22 @@ def shown(environment: str = "kubernetes", **kw: Any) -> commands.Instructions:
     )
 
 
-def secret_literals(instructions: commands.Instructions) -> tuple[str, str, dict[str, str]]:
-    """(namespace, Secret name, {key: value}) of the `kubectl create secret` shown."""
-    text = instructions.steps[0].text.replace("\\\n", " ")
-    [line] = [c for c in text.splitlines() if " create secret " in c]
-    argv = shlex.split(line)
-    assert argv[:2] == ["kubectl", "-n"] and argv[3:6] == ["create", "secret", "generic"]
-    literals = dict(a.removeprefix("--from-literal=").split("=", 1) for a in argv[7:])
-    return argv[2], argv[6], literals
+def doc_secret(url: str, token: str, rooms: str, proxy: str = "") -> dict[str, str]:
+    """The Secret docs/containers.md has the user create for the manifest:
+    {key: value}, the optional keys only when given."""
+    out = {"token": token, "url": url}
+    if rooms:
+        out["rooms"] = rooms
+    if proxy:
+        out["proxy"] = proxy
+    return out
 
 
-def test_the_page_shows_the_packaged_manifest_byte_for_byte() -> None:
-    packaged = MANIFEST.read_text()
-    assert commands.K8S_MANIFEST.read_text() == packaged  # the Cloud's copy, in its wheel
-    for ca in (None, CA):
-        for proxy in ("", "socks5h://proxy.lan:1080"):
-            steps = shown(ca=ca, proxy=proxy).steps
-            [manifest] = [s for s in steps if s.language == "yaml"]
-            assert manifest.text + "\n" == packaged
-            assert steps[-1].text.startswith(f"kubectl apply -f {commands.K8S_MANIFEST_NAME}")
+def test_the_docs_create_the_secret_and_configmap_the_manifest_reads() -> None:
+    text = CONTAINERS_DOC.read_text()
+    for key in doc_secret(URL, TOKEN, "r1", "http://p:3128"):
+        assert f"{key}=" in text.split("## Kubernetes", 1)[1], key
+    assert "kubectl apply -f packaging/kubernetes/tether-agent.yaml" in text
 
 
 def test_valid_against_the_current_kubernetes_schema_strict() -> None:
@@ -96,16 +95,16 @@ def test_no_object_an_apply_would_overwrite() -> None:
     assert "stringData" not in MANIFEST.read_text() and "REPLACE" not in MANIFEST.read_text()
 
 
-def test_the_manifest_reads_exactly_the_secret_the_page_creates() -> None:
-    namespace, name, literals = secret_literals(shown(proxy="http://proxy.lan:3128"))
-    assert daemonset()["metadata"]["namespace"] == namespace == commands.K8S_NAMESPACE
+def test_the_manifest_reads_exactly_the_documented_secret() -> None:
+    literals = doc_secret(URL, TOKEN, "r1,r2", "http://proxy.lan:3128")
+    assert daemonset()["metadata"]["namespace"] == commands.K8S_NAMESPACE
     env = {e["name"]: e for e in agent_container()["env"]}
     refs = {
         n: e["valueFrom"]["secretKeyRef"]
         for n, e in env.items()
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert {r["name"] for r in refs.values()} == {name}
+    assert {r["name"] for r in refs.values()} == {commands.K8S_SECRET}
     assert {n: r["key"] for n, r in refs.items()} == {
         "TETHER_CLAIM_TOKEN": "token",
         "TETHER_CLAIM_URL": "url",
@@ -113,16 +112,17 @@ def test_the_manifest_reads_exactly_the_secret_the_page_creates() -> None:
         "TETHER_CLAIM_PROXY": "proxy",
     }
     assert set(literals) == {r["key"] for r in refs.values()}
-    # Keys the page leaves out when empty are optional in the manifest, the others are not.
-    _, _, minimal = secret_literals(shown(rooms=[]))
+    # Keys left out when empty are optional in the manifest, the others are not.
+    minimal = doc_secret(URL, TOKEN, "")
     for ref in refs.values():
         assert ref.get("optional", False) == (ref["key"] not in minimal), ref
-    # The CA: the ConfigMap the page creates, optional (a Cloud with a public certificate).
-    ca_step = shown(ca=CA).steps[1].text.splitlines()[-1]
+    # The CA: the same ConfigMap Connect Nodes creates for the chart, optional
+    # (a Cloud with a public certificate).
     cm = env["TETHER_CLAIM_CA"]["valueFrom"]["configMapKeyRef"]
-    assert ca_step == (
-        f"kubectl -n {namespace} create configmap {cm['name']} "
-        f"--from-file={cm['key']}={commands.CA_NAME}"
+    assert (cm["name"], cm["key"]) == (commands.K8S_CA_CONFIGMAP, "cloud_fullchain.pem")
+    assert (
+        f"kubectl -n tether create configmap {cm['name']} --from-file={cm['key']}="
+        in CONTAINERS_DOC.read_text()
     )
     assert cm["optional"] is True
     assert "TETHER_CLAIM_CA" in ENTRYPOINT.read_text()  # the entrypoint installs it
@@ -187,11 +187,9 @@ def test_probe_and_network() -> None:
 
 def _pod_env(cloud: Cloud, node_name: str) -> dict[str, str]:
     """The agent container's environment as the kubelet would build it from the
-    manifest, the Secret the page's command creates and the CA ConfigMap."""
+    manifest, the documented Secret and the CA ConfigMap."""
     assert cloud.ca_file
-    ca = commands.CloudCa(cloud.url + "/ca.pem", cloud.ca_sha256 or "")
-    page = commands.build("kubernetes", cloud.url, cloud.claim_token, [cloud.room_ids[1]], ca)
-    _, _, secret = secret_literals(page)
+    secret = doc_secret(cloud.url, cloud.claim_token, cloud.room_ids[1])
     configmap = {"cloud_fullchain.pem": Path(cloud.ca_file).read_text()}
     out: dict[str, str] = {}
     for e in agent_container()["env"]:
@@ -245,7 +243,7 @@ def test_a_pod_claims_once_per_node_and_never_again(
     claimed = [a["node_id"] for a in r.json() if a["result"] == "claimed"]
     assert sorted(claimed) == sorted([first, second])
     listed = cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/nodes").json()
-    # Each in the room the page chose (and All nodes, as every node).
+    # Each in the room the Secret names (and All nodes, as every node).
     assert {n["id"]: set(n["rooms"]) for n in listed} == {
         first: set(cloud.room_ids[:2]),
         second: set(cloud.room_ids[:2]),

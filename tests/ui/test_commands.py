@@ -87,7 +87,9 @@ def test_no_rooms_leaves_the_rooms_flag_out() -> None:
 def test_every_environment_carries_url_token_rooms(env: str) -> None:
     out = commands.build(env, URL, TOKEN, ROOMS, CA)
     text = "\n".join(s.text for s in out.steps)
-    assert TOKEN in text and URL in text and ",".join(ROOMS) in text
+    # Helm reads a comma in --set as the next key=value: there it is escaped.
+    rooms = "\\,".join(ROOMS) if env == "kubernetes" else ",".join(ROOMS)
+    assert TOKEN in text and URL in text and rooms in text
     assert "AB:CD:EF" in text  # the CA's fingerprint, checked before it is trusted
 
 
@@ -155,7 +157,7 @@ def test_docker_exec_runs_the_direct_claim() -> None:
     assert step.text.endswith(f"-url={URL} -ca-fingerprint=sha256:AB:CD:EF")
 
 
-def test_kubernetes_puts_every_setting_in_a_secret_the_user_creates() -> None:
+def test_kubernetes_is_a_secret_then_a_helm_install_from_this_cloud() -> None:
     proxy = "socks5h://user:secret@proxy.lan:1080"
     out = commands.build("kubernetes", URL, TOKEN, ROOMS, CA, proxy)
     create = out.steps[0].text.splitlines()
@@ -164,17 +166,39 @@ def test_kubernetes_puts_every_setting_in_a_secret_the_user_creates() -> None:
     assert argv[:6] == ["kubectl", "-n", "tether", "create", "secret", "generic"]
     assert argv[6] == commands.K8S_SECRET
     literals = dict(a.removeprefix("--from-literal=").split("=", 1) for a in argv[7:])
-    assert literals == {"token": TOKEN, "url": URL, "rooms": ",".join(ROOMS), "proxy": proxy}
+    # Only the token and a fresh random stream key: the rest are chart values.
+    assert literals == {"token": TOKEN, "stream-api-key": "$(openssl rand -hex 16)"}
     # The CA goes into a ConfigMap in the same namespace, after it exists.
     assert out.steps[1].text.splitlines()[-1] == (
         "kubectl -n tether create configmap tether-ca --from-file=cloud_fullchain.pem=tether-ca.pem"
     )
-    # The manifest holds none of the settings: it is the same for every Space.
-    manifest = out.steps[2].text
-    assert manifest + "\n" == commands.kubernetes_manifest()
-    for value in (TOKEN, URL, proxy, ROOMS[0]):
-        assert value not in manifest
-    assert out.steps[3].text.startswith("kubectl apply -f tether-agent.yaml")
+    install, rollout = out.steps[2].text.rsplit("\n", 1)
+    assert words(install) == [
+        "helm",
+        "install",
+        "tether",
+        f"{URL}/helm/tether-0.1.0.tgz",
+        "--ca-file",
+        "tether-ca.pem",
+        "--namespace",
+        "tether",
+        "--set",
+        f"cloud.url={URL}",
+        "--set",
+        f"cloud.rooms={ROOMS[0]}\\,{ROOMS[1]}",  # helm splits --set on a bare comma
+        "--set",
+        f"cloud.proxy={proxy}",
+    ]
+    assert rollout == "kubectl -n tether rollout status deployment/tether-parent"
+    # No CA, no rooms, no proxy: only the URL is set, and no --ca-file.
+    [_, plain] = commands.build("kubernetes", URL, TOKEN, [], None).steps
+    assert words(plain.text.rsplit("\n", 1)[0])[-4:] == [
+        "--namespace",
+        "tether",
+        "--set",
+        f"cloud.url={URL}",
+    ]
+    assert "--ca-file" not in plain.text and plain.text.count("--set") == 1
 
 
 def test_unknown_environment_is_refused() -> None:

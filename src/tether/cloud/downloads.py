@@ -15,7 +15,8 @@ format) and `manifest.json` (version, agent wheel, platforms). It comes from:
 
 Routes: `GET /downloads/` lists (HTML, or JSON with `?format=json` or
 `Accept: application/json`); `GET /downloads/NAME` serves a file the manifest
-lists, and nothing else (404).
+lists, and nothing else (404). `GET /helm/tether-VERSION.tgz` serves the Helm
+chart (tether.cloud.helm_chart).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from starlette.routing import Route
 
 import tether
 from tether import __version__
+from tether.cloud import helm_chart
 
 SUMS = "SHA256SUMS"
 MANIFEST = "manifest.json"
@@ -413,10 +415,26 @@ async def download(request: Request) -> Response:
     )
 
 
+async def chart(request: Request) -> Response:
+    """The Helm chart, so `helm install tether CLOUD/helm/tether-VERSION.tgz`
+    works from the Cloud alone (Connect Nodes, Kubernetes)."""
+    if request.path_params["name"] != helm_chart.archive_name():
+        return _not_found(f"no chart here but /helm/{helm_chart.archive_name()}")
+    name = helm_chart.archive_name()
+    return _headers(
+        Response(
+            helm_chart.archive(),
+            media_type="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    )
+
+
 def routes() -> list[Route]:
     return [
         Route("/downloads/", listing, methods=["GET"]),
         Route("/downloads/{name:path}", download, methods=["GET"]),
+        Route("/helm/{name}", chart, methods=["GET"]),
     ]
 
 

@@ -22,14 +22,16 @@ held briefly.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from tether.cloud import audit
 from tether.cloud.db import Database
-from tether.cloud.models import AuditEntry, ClaimAudit, utcnow
+from tether.cloud.models import AuditEntry, ClaimAudit, NodeEvent, utcnow
 from tether.cloud.secrets import aware
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store.nodes import PRUNE_BATCH
@@ -59,12 +61,7 @@ def prune(
     now = now or utcnow()
     cutoff = now - dt.timedelta(days=policy.max_age_days)
     out = Pruned()
-    while True:
-        with db.session(write_lock=True) as s:
-            n = node_store.prune_old_events(s, cutoff)
-        out.node_events += n
-        if n < PRUNE_BATCH:
-            break
+    out.node_events = _in_batches(db, lambda s: _prune_older(s, NodeEvent, cutoff))
     if every_node:
         with db.session() as s:
             nodes = node_store.nodes_over(s, policy.events_per_node)
@@ -78,30 +75,16 @@ def prune(
         except Exception:
             node_store.note_written(nodes[i:])  # the next prune tries them again
             raise
-    while True:
-        with db.session(write_lock=True) as s:
-            n = _prune_claim_audit(s, cutoff, policy.claim_audit_rows)
-        out.claim_audit += n
-        if n < PRUNE_BATCH:
-            break
+    out.claim_audit = _in_batches(
+        db, lambda s: _prune_claim_audit(s, cutoff, policy.claim_audit_rows)
+    )
     out.audit_log = _prune_audit_log(db, policy, now, every_node)
     return out
 
 
 def _prune_audit_log(db: Database, policy: Retention, now: dt.datetime, every_space: bool) -> int:
     cutoff = now - dt.timedelta(days=policy.audit_days)
-    pruned = 0
-    while True:  # by age: the lowest ids are the oldest
-        with db.session(write_lock=True) as s:
-            rows = s.execute(
-                select(AuditEntry.id, AuditEntry.at).order_by(AuditEntry.id).limit(PRUNE_BATCH)
-            ).all()
-            old = [rid for rid, at in rows if aware(at) < cutoff]
-            if old:
-                s.execute(delete(AuditEntry).where(AuditEntry.id.in_(old)))
-        pruned += len(old)
-        if len(old) < PRUNE_BATCH:
-            break
+    pruned = _in_batches(db, lambda s: _prune_older(s, AuditEntry, cutoff))
     if every_space:
         with db.session() as s:
             spaces = list(
@@ -116,16 +99,36 @@ def _prune_audit_log(db: Database, policy: Retention, now: dt.datetime, every_sp
         spaces = audit.take_written()
     for i, space_id in enumerate(spaces):
         try:
-            while True:
-                with db.session(write_lock=True) as s:
-                    n = _prune_space_audit(s, space_id, policy.audit_rows_per_space)
-                pruned += n
-                if n < PRUNE_BATCH:
-                    break
+            step = partial(_prune_space_audit, space_id=space_id, keep=policy.audit_rows_per_space)
+            pruned += _in_batches(db, step)
         except Exception:
             audit.note_written(spaces[i:])  # the next prune tries them again
             raise
     return pruned
+
+
+def _in_batches(db: Database, step: Callable[[Session], int]) -> int:
+    """Run `step` (delete at most PRUNE_BATCH rows, return how many) in its own
+    write transaction until it deletes less than a batch; the rows deleted."""
+    total = 0
+    while True:
+        with db.session(write_lock=True) as s:
+            n = step(s)
+        total += n
+        if n < PRUNE_BATCH:
+            return total
+
+
+def _prune_older(s: Session, model: type[NodeEvent] | type[AuditEntry], cutoff: dt.datetime) -> int:
+    """Delete up to PRUNE_BATCH rows of `model` older than `cutoff`, oldest first.
+
+    Ids grow with time, so the oldest rows have the lowest ids: reading the
+    first PRUNE_BATCH by primary key finds them without an index on `at`."""
+    rows = s.execute(select(model.id, model.at).order_by(model.id).limit(PRUNE_BATCH)).all()
+    old = [rid for rid, at in rows if aware(at) < cutoff]
+    if old:
+        s.execute(delete(model).where(model.id.in_(old)))
+    return len(old)
 
 
 def _prune_space_audit(s: Session, space_id: str, keep: int) -> int:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -213,6 +213,34 @@ def _apply_consume(s: Session, item: _Consume) -> bool:
     )
 
 
+def _apply_consume_many(s: Session, items: list[_Consume]) -> list[bool]:
+    """A batch of `_apply_consume` in one UPDATE ... RETURNING per 500: the
+    same conditions (hash and node together, unused, unexpired), and still
+    one statement per row, so of concurrent uses on any process one wins. A
+    token presented twice in one batch wins for its first presentation only."""
+    now = max(c.now for c in items)
+    won: set[tuple[str, str]] = set()
+    for i in range(0, len(items), 500):
+        pairs = sorted({(c.token_hash, c.node_id) for c in items[i : i + 500]})
+        rows = s.execute(
+            update(ResumeToken)
+            .where(
+                tuple_(ResumeToken.token_hash, ResumeToken.node_id).in_(pairs),
+                ResumeToken.consumed_at.is_(None),
+                ResumeToken.expires_at > now,
+            )
+            .values(consumed_at=now)
+            .returning(ResumeToken.token_hash, ResumeToken.node_id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        won.update((h, n) for h, n in rows)
+    results = []
+    for c in items:
+        results.append((c.token_hash, c.node_id) in won)
+        won.discard((c.token_hash, c.node_id))
+    return results
+
+
 def db_issue_resume_tokens(
     db: Database, tokens: dict[str, str], now: dt.datetime, ttl: float
 ) -> None:
@@ -247,7 +275,9 @@ class ResumeTokens:
         self.db = db
         self.ttl = ttl
         self.now = now
-        self._consume = GroupCommit(db, _apply_consume, key=lambda c: c.node_id)
+        self._consume = GroupCommit(
+            db, _apply_consume, key=lambda c: c.node_id, apply_many=_apply_consume_many
+        )
 
     def grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
         now = self.now()

@@ -167,16 +167,20 @@ class LinkConnection:
             if frame.id in self._pending:
                 raise LocalProtocolError(f"query id {frame.id} is already in flight")
             self._pending.add(frame.id)
-        elif isinstance(frame, Hello):
+        self._advance(frame, sent=True)
+        return encode(frame)
+
+    def _advance(self, frame: Frame, *, sent: bool) -> None:
+        """The state a frame moves this side to: one rule for sent and received."""
+        if isinstance(frame, Hello):
             self.hello = frame
-            self.state = LinkState.HELLO_SENT
+            self.state = LinkState.HELLO_SENT if sent else LinkState.HELLO_RECEIVED
         elif isinstance(frame, HelloAck):
             self.session_id = frame.session_id
             self.keepalive_seconds = frame.keepalive_seconds
             self.state = LinkState.READY
         elif isinstance(frame, Goodbye | Disconnect):
             self.state = LinkState.CLOSING
-        return encode(frame)
 
     def next_query_id(self) -> int:
         """A correlation id not in flight on this link (Cloud side)."""
@@ -214,14 +218,7 @@ class LinkConnection:
                     f"in state {self.state.value}",
                 )
             ]
-        if isinstance(frame, Hello):
-            self.hello = frame
-            self.state = LinkState.HELLO_RECEIVED
-        elif isinstance(frame, HelloAck):
-            self.session_id = frame.session_id
-            self.keepalive_seconds = frame.keepalive_seconds
-            self.state = LinkState.READY
-        elif isinstance(frame, QueryResponse) or (
+        if isinstance(frame, QueryResponse) or (
             isinstance(frame, ErrorFrame) and frame.id is not None and self.role is Role.CLOUD
         ):
             qid = frame.id
@@ -231,8 +228,7 @@ class LinkConnection:
                 self.stale_responses += 1
                 return []
             self._pending.discard(qid)
-        elif isinstance(frame, Goodbye | Disconnect):
-            self.state = LinkState.CLOSING
+        self._advance(frame, sent=False)
         return [FrameReceived(frame)]
 
     def _fail(self, code: int, reason: str) -> CloseLink:

@@ -219,17 +219,21 @@ class StreamConnection:
             raise LocalStreamError(
                 f"{self.role.value} may not send {type(frame).__name__} in state {self.state.value}"
             )
+        if isinstance(frame, ChartDef):
+            self.charts[frame.id] = len(frame.dimensions)
+        self._advance(frame, sent=True)
+        return encode(frame)
+
+    def _advance(self, frame: Frame, *, sent: bool) -> None:
+        """The state a frame moves this side to: one rule for sent and received."""
         if isinstance(frame, Hello):
             self.hello = frame
-            self.state = StreamState.HELLO_SENT
+            self.state = StreamState.HELLO_SENT if sent else StreamState.HELLO_RECEIVED
         elif isinstance(frame, Welcome):
             self.resume_after = frame.resume_after
             self.state = StreamState.STREAMING
         elif isinstance(frame, Refused | Goodbye):
             self.state = StreamState.CLOSED
-        elif isinstance(frame, ChartDef):
-            self.charts[frame.id] = len(frame.dimensions)
-        return encode(frame)
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Take the next bytes of the stream; the events of every frame they complete."""
@@ -273,15 +277,7 @@ class StreamConnection:
                 f"unexpected {type(frame).__name__} from the {peer.value} in state "
                 f"{self.state.value}"
             )
-        if isinstance(frame, Hello):
-            self.hello = frame
-            self.state = StreamState.HELLO_RECEIVED
-        elif isinstance(frame, Welcome):
-            self.resume_after = frame.resume_after
-            self.state = StreamState.STREAMING
-        elif isinstance(frame, Refused | Goodbye):
-            self.state = StreamState.CLOSED
-        elif isinstance(frame, ChartDef):
+        if isinstance(frame, ChartDef):
             ids = [d for d, _ in frame.dimensions]
             if len(set(ids)) != len(ids):
                 return self._fail(f"chart {frame.id[:60]!r} repeats a dimension id")
@@ -297,6 +293,7 @@ class StreamConnection:
                     return self._fail(
                         f"{len(values)} values for chart {chart_id[:60]!r} of {dims} dimensions"
                     )
+        self._advance(frame, sent=False)
         return FrameReceived(frame)
 
     def _fail(self, reason: str) -> StreamFault:

@@ -3,7 +3,12 @@ fleet that comes back all at once.
 
 - `note_linked()` counts each HelloAck; `rate()` is the best rate over
   RATE_WINDOW seconds seen so far (links a second), so a stopping Cloud knows
-  how fast it can take its fleet back.
+  how fast it can take its fleet back: the links that arrived a second, or
+  what the process CPU spent on them says it could take (CAPACITY_SHARE of
+  links per CPU second), whichever is more. The arrival rate alone only ever
+  measured the spread it was asked to come back over (a storm paced at 120
+  links a second while the Cloud used 60 % of a core), so a faster Cloud never
+  shortened its own spread.
 - `restart_spread(n)`: the window over which a stopping Cloud asks its `n`
   links to come back (each `Disconnect` names a delay drawn from it): the
   time this Cloud needs to take `n` links at its measured rate (or
@@ -15,7 +20,7 @@ fleet that comes back all at once.
   `max_pending` are in that state (the Cloud is saturated: more would only
   queue and time out).
 
-No I/O; time comes from the injected clock.
+No I/O; time and CPU time come from the injected clocks.
 """
 
 from __future__ import annotations
@@ -37,24 +42,39 @@ MIN_SPREAD = 2.0
 RESTART_FLOOR = 4.0
 MAX_SPREAD = 60.0
 MAX_PENDING = 1000
+# The share of the CPU-derived capacity asked of a returning fleet: headroom
+# for the rest of the process's work and for other processes on the machine.
+CAPACITY_SHARE = 0.8
 
 
 class Admission:
-    def __init__(self, clock: Clock = time.monotonic, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        max_pending: int = MAX_PENDING,
+        cpu_clock: Clock = time.process_time,
+    ) -> None:
         self.clock = clock
+        self.cpu_clock = cpu_clock  # this process's CPU seconds (all threads)
         self.max_pending = max_pending
         self.pending = 0
         self.refused = 0
-        self._recent: deque[float] = deque()
+        self._recent: deque[tuple[float, float]] = deque()  # (time, CPU time) per link
         self._best = 0.0
 
     def note_linked(self) -> None:
-        now = self.clock()
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - RATE_WINDOW:
+        now, cpu = self.clock(), self.cpu_clock()
+        self._recent.append((now, cpu))
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
             self._recent.popleft()
-        if len(self._recent) >= 50:  # a rate from a handful of links means nothing
-            self._best = max(self._best, len(self._recent) / RATE_WINDOW)
+        n = len(self._recent)
+        if n >= 50:  # a rate from a handful of links means nothing
+            arrived = n / RATE_WINDOW
+            spent = cpu - self._recent[0][1]
+            capacity = CAPACITY_SHARE * (n - 1) / spent if spent > 0 else 0.0
+            # Capped by what was seen, so a burst measured in a few milliseconds
+            # of CPU cannot ask a fleet back faster than four times its arrival.
+            self._best = max(self._best, arrived, min(capacity, 4 * arrived))
 
     def rate(self) -> float:
         """The best measured links per second, 0 before enough were seen."""

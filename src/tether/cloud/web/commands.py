@@ -2,8 +2,9 @@
 
 Pure functions of (Cloud URL, token, rooms, CA, proxy): easy to test, and the
 only place that knows how each environment claims a node. `scripts/quickstart`
-prints the Linux ones. The Kubernetes manifest shown is `tether-agent.yaml`
-next to this file, byte for byte the one in `packaging/kubernetes/`.
+prints the Linux ones. Kubernetes is a `helm install` of the chart this Cloud
+serves (tether.cloud.helm_chart, the one in `packaging/helm/tether/`), with
+`--set` keys of its values.yaml.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from tether.cloud import helm_chart
 from tether.net.proxy import SCHEMES, ProxyConfigError, parse_proxy_url
 
 ENVIRONMENTS: dict[str, str] = {
@@ -34,8 +35,6 @@ HOST_MOUNTS = ("/proc", "/sys", "/etc/os-release")
 K8S_NAMESPACE = "tether"
 K8S_SECRET = "tether-claim"  # noqa: S105 (the Secret's name, not a secret)
 K8S_CA_CONFIGMAP = "tether-ca"
-K8S_MANIFEST_NAME = "tether-agent.yaml"
-K8S_MANIFEST = Path(__file__).with_name(K8S_MANIFEST_NAME)
 _YAML_PLAIN = re.compile(r"[A-Z_]+=[A-Za-z0-9_=:/.,@%+\-\[\]]*")
 
 
@@ -194,10 +193,6 @@ def claim_command(
     return f"{program} -token={q(token)}{rooms_arg} -url={q(url)}{ca_arg}{proxy_arg}"
 
 
-def kubernetes_manifest() -> str:
-    return K8S_MANIFEST.read_text()
-
-
 def _volumes(ca_source: str | None) -> list[str]:
     """The agent container's volumes, SOURCE:TARGET[:ro]: its config, identity
     and logs; the Cloud's CA (from `ca_source`) when it has a private one; the
@@ -315,22 +310,48 @@ def _docker_exec(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa
     )
 
 
+def helm_value(value: str) -> str:
+    """`value` as `helm --set` reads it back: a comma would start the next
+    key=value pair and a backslash escapes, so both are escaped."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def helm_sets(args: tuple[str, str, str, str]) -> list[tuple[str, str]]:
+    """The chart values the page sets, (key of values.yaml, value), in order;
+    everything else keeps the chart's default (values.yaml)."""
+    url, _token, rooms, proxy = args
+    sets = [("cloud.url", url)]
+    if rooms:
+        sets.append(("cloud.rooms", rooms))
+    if proxy:
+        sets.append(("cloud.proxy", proxy))
+    return sets
+
+
+def chart_url(url: str) -> str:
+    """Where this Cloud serves its Helm chart (tether.cloud.helm_chart)."""
+    return f"{url}/helm/{helm_chart.archive_name()}"
+
+
 def _kubernetes(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa | None) -> None:
-    literals = [f"{name.lower()}={value}" for name, value in _claim_settings(args)]
-    secret = [
-        f"kubectl create namespace {K8S_NAMESPACE}",
-        f"kubectl -n {K8S_NAMESPACE} create secret generic {K8S_SECRET} \\",
-        *[f"  --from-literal={q(v)} \\" for v in literals],
-    ]
-    secret[-1] = secret[-1].removesuffix(" \\")
+    token = args[1]
+    # The stream API key only has to be the same on the parent and the
+    # children (both read it from this Secret): any random string.
+    secret = (
+        f"kubectl create namespace {K8S_NAMESPACE}\n"
+        f"kubectl -n {K8S_NAMESPACE} create secret generic {K8S_SECRET} \\\n"
+        f"  --from-literal={q('token=' + token)} \\\n"
+        f'  --from-literal=stream-api-key="$(openssl rand -hex 16)"'
+    )
     out.steps.append(
         Step(
-            "Create the namespace and the claim settings (a Secret you own)",
-            "\n".join(secret),
-            note="The manifest reads the token, URL, rooms and proxy from this Secret and "
-            "holds none of them, so applying it again never overwrites them.",
+            "Create the namespace and the claim Secret (yours: the chart never creates one)",
+            secret,
+            note="The parent agent claims with this token once and keeps its identity on its "
+            "own volume; `helm upgrade` never overwrites the Secret.",
         )
     )
+    install = [f"helm install tether {q(chart_url(args[0]))} \\"]
     if ca:
         step = _ca_download(ca)
         step.text += (
@@ -338,21 +359,19 @@ def _kubernetes(out: Instructions, args: tuple[str, str, str, str], ca: CloudCa 
             f"--from-file=cloud_fullchain.pem={CA_NAME}"
         )
         out.steps.append(step)
+        install.append(f"  --ca-file {CA_NAME} \\")  # helm downloads the chart over TLS too
+    install.append(f"  --namespace {K8S_NAMESPACE} \\")
+    install += [f"  --set {q(key + '=' + helm_value(value))} \\" for key, value in helm_sets(args)]
+    install[-1] = install[-1].removesuffix(" \\")
+    install.append(f"kubectl -n {K8S_NAMESPACE} rollout status deployment/tether-parent")
     out.steps.append(
         Step(
-            f"Save as {K8S_MANIFEST_NAME}",
-            kubernetes_manifest().rstrip("\n"),
-            language="yaml",
-            note="The same file as packaging/kubernetes/tether-agent.yaml: one agent per "
-            "Kubernetes node (a DaemonSet), its identity on the node's disk under its node "
-            "name, so a pod never claims again.",
-        )
-    )
-    out.steps.append(
-        Step(
-            "Apply it",
-            f"kubectl apply -f {K8S_MANIFEST_NAME}\n"
-            f"kubectl -n {K8S_NAMESPACE} rollout status daemonset/tether-agent",
+            "Install the Tether chart from this Cloud",
+            "\n".join(install),
+            note="One parent agent (a Deployment, claimed into this Space) and a child agent "
+            "on every Kubernetes node (a DaemonSet) streaming to it: the cluster is one node "
+            "here, each Kubernetes node one of its children. The chart is the one in "
+            "packaging/helm/tether/; this Cloud serves it, so no chart repository is needed.",
         )
     )
 

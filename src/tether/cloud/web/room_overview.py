@@ -13,8 +13,7 @@ from starlette.responses import Response
 from tether.cloud import space_ops
 from tether.cloud.composite import COMPOSITES
 from tether.cloud.web.common import in_db, member_space, nav, page, render, signed_in
-
-RANGES = {"5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
+from tether.cloud.web.pages import RANGES  # the node page's time ranges, the same here
 
 
 @page
