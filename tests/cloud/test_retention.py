@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.database import add_nodes, migrated_database
 from tether.cloud import retention
-from tether.cloud.db import Database, migrate
-from tether.cloud.models import ClaimAudit, Node, NodeEvent, User
+from tether.cloud.db import Database
+from tether.cloud.models import ClaimAudit, Node, NodeEvent
 from tether.cloud.store import nodes as node_store
-from tether.cloud.store import spaces as space_store
 
 # Rows are written at the real time; older ones get explicit times before it.
 NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
@@ -24,39 +21,9 @@ NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    drop = None
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    database = Database(url)
-    migrate(database.engine)
-    node_store.take_written()  # start with no nodes noted by other tests
-    try:
+    with migrated_database(tmp_path) as database:
+        node_store.take_written()  # start with no nodes noted by other tests
         yield database
-    finally:
-        database.dispose()
-        if drop:
-            drop()
-
-
-def _nodes(db: Database, n: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(n)]
-    with db.session(write_lock=True) as s:
-        user = User(email=f"{uuid.uuid4().hex}@b.c", name="a", password_hash="x")
-        s.add(user)
-        s.flush()
-        space = space_store.create_space(s, "S", user)
-        for nid in ids:
-            s.add(
-                Node(
-                    id=nid,
-                    space_id=space.id,
-                    hostname="h",
-                    public_key_pem="k",
-                    public_key_sha256="f",
-                )
-            )
-    return ids
 
 
 def _events(db: Database, node_id: str, count: int, at: dt.datetime) -> None:
@@ -82,7 +49,7 @@ def _count(db: Database, model: type, node_id: str | None = None) -> int:
 
 
 def test_node_events_keep_the_newest_per_node_and_none_past_the_age(db: Database) -> None:
-    busy, quiet, old = _nodes(db, 3)
+    busy, quiet, old = add_nodes(db, 3)
     policy = retention.Retention(max_age_days=30, events_per_node=100, claim_audit_rows=10)
     _events(db, old, 50, NOW - dt.timedelta(days=31))  # past the age
     _events(db, quiet, 40, NOW - dt.timedelta(days=29))  # within both bounds
@@ -104,7 +71,7 @@ def test_node_events_keep_the_newest_per_node_and_none_past_the_age(db: Database
 
 
 def test_after_a_restart_the_first_prune_checks_every_node(db: Database) -> None:
-    (nid,) = _nodes(db, 1)
+    (nid,) = add_nodes(db, 1)
     _events(db, nid, 30, NOW - dt.timedelta(hours=1))
     node_store.take_written()  # a restarted process has noted nothing
     policy = retention.Retention(events_per_node=10)
@@ -114,7 +81,7 @@ def test_after_a_restart_the_first_prune_checks_every_node(db: Database) -> None
 
 
 def test_age_pruning_goes_in_batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    (nid,) = _nodes(db, 1)
+    (nid,) = add_nodes(db, 1)
     monkeypatch.setattr(node_store, "PRUNE_BATCH", 7)
     monkeypatch.setattr(retention, "PRUNE_BATCH", 7)
     _events(db, nid, 30, NOW - dt.timedelta(days=40))

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,13 +19,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.fixtures.agent import AgentLauncher
-from tests.fixtures.cloud import PG_ENV, Cloud, _create_pg_database
+from tests.fixtures.cloud import Cloud
+from tests.fixtures.database import add_nodes, migrated_database
 from tests.fixtures.linked import cloud_args, link_agent
 from tests.fixtures.peer import FAST, Link, Peer, link_up, ssl_ctx
-from tether.cloud.db import Database, migrate
-from tether.cloud.models import Node, User
 from tether.cloud.secret_store import ResumeTokens
-from tether.cloud.store import spaces as space_store
 from tether.protocol import auth
 from tether.protocol.frames import HelloAck, decode, encode
 
@@ -129,29 +125,8 @@ def test_one_token_presented_many_times_in_one_batch_opens_one_link(tmp_path: Pa
     """The attack: a stolen token replayed in a burst, so the uses share one
     batch of the consume (one UPDATE for the whole batch), mixed with the same
     token presented for another node. Exactly one use wins, for its own node."""
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    drop: Callable[[], None] | None = None
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    db = Database(url)
-    try:
-        migrate(db.engine)
-        ids = [str(uuid.uuid4()) for _ in range(2)]
-        with db.session(write_lock=True) as s:
-            user = User(email="a@b.c", name="a", password_hash="x")
-            s.add(user)
-            s.flush()
-            space = space_store.create_space(s, "S", user)
-            for nid in ids:
-                s.add(
-                    Node(
-                        id=nid,
-                        space_id=space.id,
-                        hostname="h",
-                        public_key_pem="-",
-                        public_key_sha256="f",
-                    )
-                )
+    with migrated_database(tmp_path) as db:
+        ids = add_nodes(db, 2)
         tokens = ResumeTokens(db, 600.0)
 
         async def burst() -> list[bool]:
@@ -169,10 +144,6 @@ def test_one_token_presented_many_times_in_one_batch_opens_one_link(tmp_path: Pa
         assert got[1:5] == [False] * 4  # presented for the wrong node: refused, not used up
         assert got[5:].count(True) == 1, got
         assert tokens._consume.per_item > 0  # the batches ran
-    finally:
-        db.dispose()
-        if drop:
-            drop()
 
 
 def test_expired_resume_token_is_refused(start_cloud: Callable[..., Cloud]) -> None:
