@@ -418,9 +418,9 @@ async def download(request: Request) -> Response:
 async def chart(request: Request) -> Response:
     """The Helm chart, so `helm install tether CLOUD/helm/tether-VERSION.tgz`
     works from the Cloud alone (Connect Nodes, Kubernetes)."""
-    if request.path_params["name"] != helm_chart.archive_name():
-        return _not_found(f"no chart here but /helm/{helm_chart.archive_name()}")
     name = helm_chart.archive_name()
+    if request.path_params["name"] != name:
+        return _not_found(f"no chart here but /helm/{name}")
     return _headers(
         Response(
             helm_chart.archive(),

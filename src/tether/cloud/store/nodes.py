@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from tether.cloud import node_lifecycle, node_list
 from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, SpaceMember, utcnow
-from tether.cloud.secrets import iso
+from tether.cloud.secrets import aware, iso
 from tether.protocol.states import NodeState
 
 PRUNE_BATCH = 5000  # rows per DELETE, so the write lock is held briefly
@@ -87,25 +87,6 @@ def prune_node_events(s: Session, node_id: str, per_node: int) -> int:
     for i in range(0, len(ids), PRUNE_BATCH):
         s.execute(delete(NodeEvent).where(NodeEvent.id.in_(ids[i : i + PRUNE_BATCH])))
     return len(ids)
-
-
-def prune_old_events(s: Session, cutoff: dt.datetime) -> int:
-    """Delete up to PRUNE_BATCH events older than `cutoff`, oldest first.
-
-    Ids grow with time, so the oldest rows have the lowest ids: reading the
-    first PRUNE_BATCH by primary key finds them without an index on `at`.
-    Returns the rows deleted; call again while it returns PRUNE_BATCH."""
-    rows = s.execute(
-        select(NodeEvent.id, NodeEvent.at).order_by(NodeEvent.id).limit(PRUNE_BATCH)
-    ).all()
-    old = [rid for rid, at in rows if _aware(at) < cutoff]
-    if old:
-        s.execute(delete(NodeEvent).where(NodeEvent.id.in_(old)))
-    return len(old)
-
-
-def _aware(at: dt.datetime) -> dt.datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)  # SQLite: naive UTC
 
 
 def set_state(
@@ -305,6 +286,6 @@ def expected_back(s: Session, nodes: list[Node]) -> dict[str, dt.datetime]:
         except (ValueError, AttributeError):
             continue
         if ev.state == NodeState.OFFLINE.value and isinstance(seconds, int | float):
-            since = _aware(by_id[ev.node_id].state_since)  # when it went offline
+            since = aware(by_id[ev.node_id].state_since)  # when it went offline
             out[ev.node_id] = since + dt.timedelta(seconds=float(seconds))
     return out
