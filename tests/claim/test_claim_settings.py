@@ -148,7 +148,7 @@ def test_claim_conf_read_on_reload_claiming_state(cloud: Cloud, start_agent: Age
     assert "claimed as" in proc.stdout
     node_id = agent.paths.claimed_id_file.read_text().strip()
     live(cloud, cloud.space_id, node_id)
-    assert json.loads(agent.cli("aclk-state", "json").stdout)["connected"] is True
+    Linked(cloud, agent, node_id).wait_agent_connected()
 
 
 def test_agent_D_W_claim_claims_then_runs_linked(
@@ -161,7 +161,7 @@ def test_agent_D_W_claim_claims_then_runs_linked(
     assert agent.proc.poll() is None  # running, not exited with 5
     node_id = agent.paths.claimed_id_file.read_text().strip()
     live(cloud, cloud.space_id, node_id)
-    assert Linked(cloud, agent, node_id).aclk()["connected"] is True
+    Linked(cloud, agent, node_id).wait_agent_connected()
     assert "Agent was successfully claimed." in agent.stderr_text()
 
 
@@ -178,8 +178,8 @@ def test_netdata_insecure_variables_are_honoured(
     agent = start_agent(env={**env, **insecure_env})
     node_id = poll(lambda: agent.info()["claimed_id"], 20, "claim on start with -insecure")
     live(cloud, cloud.space_id, node_id)
-    st = json.loads(agent.cli("aclk-state", "json").stdout)
-    assert st["connected"] is True and st["insecure"] is True
+    st = Linked(cloud, agent, node_id).wait_agent_connected()
+    assert st["insecure"] is True
     assert "verification is OFF" in agent.log_text() or "insecure" in agent.log_text()
 
 

@@ -86,7 +86,8 @@ def test_claimed_node_every_hop_passes(cloud: Cloud, start_agent: AgentLauncher)
     assert all(isinstance(c["seconds"], float) for c in report["checks"])
     assert "[ OK ] websocket" in text and "every hop checked is fine" in text
     # The doctor's upgrade closed before Hello: the agent's own link is untouched.
-    assert linked.aclk()["connected"] is True and linked.state() == "live"
+    linked.wait_agent_connected()
+    assert linked.state() == "live"
 
 
 def test_unclaimed_node_checks_up_to_http(cloud: Cloud, tmp_path: Path) -> None:

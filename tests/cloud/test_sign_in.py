@@ -22,7 +22,7 @@ from tether.cloud.app import create_app
 from tether.cloud.auth import LOGIN_ATTEMPTS_PER_ACCOUNT, LOGIN_ATTEMPTS_PER_ADDRESS, LoginLimits
 from tether.cloud.errors import ApiError
 from tether.cloud.limits import Window
-from tether.cloud.secrets import DUMMY_PASSWORD_HASH, SecretBox, verify_password
+from tether.cloud.secrets import SecretBox, dummy_password_hash, verify_password
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import spaces as space_store
@@ -160,7 +160,7 @@ def test_unknown_account_answers_like_a_wrong_password(
         answers
         == [{"errorMsgKey": "ErrUnauthorized", "errorMessage": "Wrong email or password."}] * 2
     )
-    assert len(checked) == 2 and checked[1] == DUMMY_PASSWORD_HASH != checked[0]
+    assert len(checked) == 2 and checked[1] == dummy_password_hash() != checked[0]
 
 
 def test_the_password_check_holds_no_write_lock(app: Starlette, tmp_path: Path) -> None:

@@ -31,8 +31,8 @@ def restarted(linked: Linked, start_agent: AgentLauncher) -> Linked:
 
 def assert_live_not_terminal(linked: Linked, within: float) -> None:
     linked.wait_state("live", within)
-    state = linked.aclk()
-    assert state["connected"] is True and state["terminal"] is False, state
+    state = linked.wait_agent_connected()
+    assert state["terminal"] is False, state
     assert "ErrIncorrectResponse" not in linked.agent.log_text()
 
 

@@ -186,7 +186,7 @@ def test_two_agents_on_two_hosts_with_one_identity_leave_one_link_and_a_conflict
     node = linked.node()
     assert node["state"] == "live" and node["clone_conflict"]["newcomer"]["machine_id"] == mid_a
     assert _replacements(node) == 1
-    assert _aclk(copy)["connected"] is True
+    poll(lambda: _aclk(copy)["connected"], 10, "the copy to say connected")
 
 
 def _node_page(cloud: Cloud, node_id: str) -> str:

@@ -20,7 +20,7 @@ def test_removing_a_node_closes_its_live_link_before_any_sweep(
 ) -> None:
     cloud = start_cloud("--keepalive", f"{KEEPALIVE:g}")
     linked = link_agent(cloud, start_agent)
-    assert linked.aclk()["connected"] is True
+    linked.wait_agent_connected()
     beat = quiet_heartbeat(cloud, KEEPALIVE)
     r = cloud.api("DELETE", f"/api/v1/spaces/{cloud.space_id}/nodes/{linked.node_id}")
     assert r.status_code == 204, r.text

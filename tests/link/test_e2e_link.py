@@ -81,7 +81,7 @@ def test_claim_live_query_then_cloud_killed_and_back(
     )
     linked.wait_state("live", 30)
     print(f"live again {time.monotonic() - began:.2f} s after the Cloud restarted")
-    assert linked.aclk()["connected"] is True
+    linked.wait_agent_connected()
     cpu_through_cloud(linked)
     assert "Bearer" not in agent.log_text()
     print("\n".join(x for x in agent.log_text().splitlines() if "ACLK" in x))

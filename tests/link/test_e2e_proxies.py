@@ -83,4 +83,4 @@ def test_link_through_http_connect_with_credentials(
     )
     # The link really went through tinyproxy: it logged CONNECTs to the Cloud's port.
     assert f":{cloud.port}" in http_proxy_auth.log_text()
-    assert linked.aclk()["connected"] is True
+    linked.wait_agent_connected()

@@ -44,7 +44,7 @@ from tether.cloud.limits import Clock, WindowFactory, address_key, in_memory
 from tether.cloud.limits import run as run_limit
 from tether.cloud.models import ApiToken, LoginSession, Node, Space, SpaceMember, User, utcnow
 from tether.cloud.routing import Router
-from tether.cloud.secrets import DUMMY_PASSWORD_HASH, aware, verify_password
+from tether.cloud.secrets import aware, dummy_password_hash, verify_password
 from tether.cloud.store import users as user_store
 
 SESSION_COOKIE = "tether_session"
@@ -507,7 +507,7 @@ def _check_and_start_session(db: Database, email: str, password: str, days: int)
     one: a write lock held meanwhile would stall every claim and node update."""
     with db.session() as s:
         user = user_store.by_email(s, email)
-        user_id, stored = (user.id, user.password_hash) if user else (None, DUMMY_PASSWORD_HASH)
+        user_id, stored = (user.id, user.password_hash) if user else (None, dummy_password_hash())
     # An unknown account is checked against a dummy hash: the same answer, as slow.
     if not verify_password(stored, password) or user_id is None:
         return None

@@ -8,6 +8,7 @@ constant time. Logs may name the prefix, never the token.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -60,8 +61,12 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-# Used when the user does not exist, so a login takes as long either way.
-DUMMY_PASSWORD_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def dummy_password_hash() -> str:
+    """Checked when the user does not exist, so a login takes as long either
+    way. Made on first use: hashing costs about 0.1 s, paid by every process
+    start (CLI commands included) when it was a module constant."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def new_password() -> str:

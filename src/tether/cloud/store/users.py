@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from tether.cloud.models import ApiToken, LoginSession, User, utcnow
 from tether.cloud.secrets import (
     API_KIND,
-    DUMMY_PASSWORD_HASH,
     aware,
+    dummy_password_hash,
     hash_password,
     new_token,
     same_hash,
@@ -57,7 +57,7 @@ def set_password(s: Session, user: User, password: str) -> None:
 def authenticate(s: Session, email: str, password: str) -> User | None:
     user = by_email(s, email)
     if user is None:
-        verify_password(DUMMY_PASSWORD_HASH, password)
+        verify_password(dummy_password_hash(), password)
         return None
     return user if verify_password(user.password_hash, password) else None
 
