@@ -1,18 +1,25 @@
-"""The Nodes list with 10,000 nodes: one filtered, sorted page vs the old full list.
+"""The Nodes list with 10,000 nodes: one filtered, sorted page vs the old full list,
+and a page filtered by label (and by alert severity) vs the unfiltered page.
 
     .venv/bin/python bench/nodes_page.py [--nodes 10000] [--requests 30]
 
 A real Cloud (`tether-cloud serve`, SQLite) whose database holds `--nodes`
 nodes, written before it starts through the Cloud's own models (live, offline
 and never-seen nodes, five OSes, four agent versions, all in the Space's
-all-nodes room). Timed over one keep-alive HTTPS connection each, after two
-warm-up requests:
+all-nodes room; labels `env` (agent, 5 % overridden by the Cloud) and `rack`
+(token) on every node, `service=checkout-7f3` on one; three state events per
+node and alert transitions on 2 % of them, a third ending critical). Timed
+over one keep-alive HTTPS connection each, after two warm-up requests:
 
 - baseline: `GET /api/v1/spaces/{space}/nodes` with no parameters, the old
   unpaged answer (every node as JSON);
 - API page: the same endpoint with a filter, a sort and a page
   (`state=offline&os=...&sort=last_seen&order=desc&per_page=50&page=2`);
 - API search: `q=` a few characters of hostnames, sorted by state, one page;
+- unfiltered page: page 1 of 50 by name, no filter (the label pages' baseline);
+- label pages: `label=service:checkout-7f3` (one node), `label=env:prod` (about
+  60 %), and `severity=critical`, each page 1 of 50 by name; the ratio of each
+  to the unfiltered page is printed too;
 - UI page: the Nodes view's `nodes.json` (signed in with a session cookie),
   the same filter and sort: one page plus its total, the equal-name and
   expected-back look-ups and the sidebar counts (what each live push costs);
@@ -47,7 +54,7 @@ VERSIONS = ["0.9.3", "1.0.0", "1.0.1", "1.1.0"]
 def fill(data_dir: Path, space_id: str, count: int) -> str:
     """Write `count` nodes into the Cloud's database; the all-nodes room's id."""
     from tether.cloud.db import Database
-    from tether.cloud.models import Node, NodeRoom
+    from tether.cloud.models import Node, NodeEvent, NodeLabel, NodeRoom
     from tether.cloud.store import spaces as space_store
 
     db = Database(f"sqlite:///{data_dir / 'cloud.db'}")
@@ -55,7 +62,7 @@ def fill(data_dir: Path, space_id: str, count: int) -> str:
     now = dt.datetime.now(dt.UTC)
     with db.session(write_lock=True) as s:
         room_id = space_store.all_nodes_room(s, space_id).id
-        nodes, links = [], []
+        nodes, links, labels, events = [], [], [], []
         for i in range(count):
             nid = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
             state = rnd.choices(["live", "offline", "unseen"], [80, 15, 5])[0]
@@ -77,10 +84,52 @@ def fill(data_dir: Path, space_id: str, count: int) -> str:
                 }
             )
             links.append({"node_id": nid, "room_id": room_id})
+            env = rnd.choices(["prod", "dev", "staging"], [60, 30, 10])[0]
+            labels.append(label(nid, "agent", "env", env))
+            labels.append(label(nid, "token", "rack", f"r{rnd.randrange(100)}"))
+            if rnd.random() < 0.05:
+                labels.append(label(nid, "cloud", "env", "prod"))
+            if i == count // 2:
+                labels.append(label(nid, "cloud", "service", "checkout-7f3"))
+            for k in range(3):
+                events.append(event(nid, space_id, "state", None, now, k))
+            if rnd.random() < 0.02:
+                end = rnd.choice(["critical", "warning", "clear"])
+                for k, new in enumerate(["warning", end]):
+                    events.append(event(nid, space_id, "alert", new, now, 3 + k))
         s.execute(Node.__table__.insert(), nodes)
         s.execute(NodeRoom.__table__.insert(), links)
+        s.execute(NodeLabel.__table__.insert(), labels)
+        s.execute(NodeEvent.__table__.insert(), events)
     db.dispose()
     return room_id
+
+
+RANKS = {"token": 1, "agent": 2, "cloud": 3}
+
+
+def label(node_id: str, source: str, key: str, value: str) -> dict[str, Any]:
+    return {"node_id": node_id, "key": key, "source": source, "rank": RANKS[source], "value": value}
+
+
+def event(
+    node_id: str, space_id: str, kind: str, new: str | None, now: dt.datetime, k: int
+) -> dict[str, Any]:
+    """A state event, or an alert transition as the link records it (no value)."""
+    detail = None
+    if kind == "alert":
+        detail = json.dumps(
+            {"name": "cpu_usage", "chart": "system.cpu", "old_status": "clear", "new_status": new}
+        )
+    return {
+        "node_id": node_id,
+        "space_id": space_id,
+        "at": now - dt.timedelta(minutes=10 - k),
+        "kind": kind,
+        "state": "live",
+        "cause": "bench",
+        "detail": detail,
+    }
 
 
 class Client:
@@ -155,6 +204,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=30, help="timed requests per kind (30)")
     args = ap.parse_args()
     print(f"machine: {harness.machine()}")
+    print(f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         cloud = harness.prepare_cloud(Path(tmp) / "cloud", harness.free_port())
         info = cloud.info
@@ -173,6 +223,16 @@ def main() -> int:
                 ("baseline: full list, unpaged", api, nodes),
                 ("API page: filter + sort", api, f"{nodes}?{filt}&per_page=50&page=2"),
                 ("API search: q=web-0 by state", api, f"{nodes}?q=web-0&sort=state&per_page=50"),
+                ("unfiltered page 1 of 50", api, f"{nodes}?per_page=50"),
+                (
+                    "label=service:checkout-7f3",
+                    api,
+                    f"{nodes}?label=service%3Acheckout-7f3&per_page=50",
+                ),
+                ("label=env:prod", api, f"{nodes}?label=env%3Aprod&per_page=50"),
+                ("severity=critical", api, f"{nodes}?severity=critical&per_page=50"),
+                ("search q=checkout (labels too)", api, f"{nodes}?q=checkout&per_page=50"),
+                ("UI nodes.json: label filter", ui, f"{view}?label=env%3Aprod"),
                 ("UI nodes.json: filter + sort", ui, f"{view}?{filt}&page=2"),
                 ("UI nodes.json + filter menus", ui, f"{view}?{filt}&page=2&facets=1"),
             ]
@@ -193,6 +253,14 @@ def main() -> int:
                     f"{size / 1000:8.1f} kB  {shown} shown of {total or shown}"
                     + ("" if p50 == base else f"  baseline/this {base / p50:6.1f}x")
                 )
+            page = harness.percentile(next(r[1] for r in results if r[0].startswith("unf")), 50)
+            print("  filtered page / unfiltered page (p50):")
+            for label_, times, *_ in results:
+                if label_.startswith(
+                    ("label=", "severity=", "search q=checkout", "UI nodes.json: l")
+                ):
+                    ratio = harness.percentile(times, 50) / page
+                    print(f"    {label_:32s} {ratio:5.2f}x")
             print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             cloud.stop()

@@ -12,7 +12,9 @@ default: it runs twice until someone lists it here with a reason.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,8 @@ BACKEND_INDEPENDENT = {
     "tests/protocol/test_lifecycle_frames.py",
     "tests/fuzz/test_parsers.py",
     "tests/fuzz/test_stream_parser.py",
+    "tests/protocol/test_children_frames.py",
+    "tests/fuzz/test_children_frame.py",
     "tests/cloud/test_limits.py",
     "tests/cloud/test_link_budget.py",
     "tests/cloud/test_node_metadata.py",
@@ -99,6 +103,7 @@ BACKEND_INDEPENDENT = {
     "tests/link/test_haproxy.py",
     "tests/link/test_scaleout_access.py",
     # Packaging, containers, shell scripts, the benchmarks' simulator.
+    "tests/packaging/test_compose.py",
     "tests/packaging/test_container_cloud.py",
     "tests/packaging/test_container_image.py",
     "tests/packaging/test_container_kickstart.py",
@@ -157,3 +162,20 @@ def pytest_report_header(config: pytest.Config) -> str:
     if os.environ.get(PG_ENV):
         return f"PostgreSQL pass: tests marked {MARK} are deselected (tests/conftest.py)"
     return "SQLite pass: every test"
+
+
+@pytest.fixture(autouse=True)
+def _event_loop_of_the_browser_hidden(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Playwright's sync API (the session's browser, tests/ui/conftest.py)
+    runs its event loop in a greenlet of this thread and leaves it marked
+    running between calls, so `asyncio.run` in a later test on the same xdist
+    worker refused to start ("cannot be called from a running event loop").
+    A test without the browser runs with that loop hidden."""
+    loop = None if "browser" in request.fixturenames else asyncio._get_running_loop()
+    if loop is not None:
+        asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        if loop is not None:
+            asyncio._set_running_loop(loop)

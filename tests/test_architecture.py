@@ -132,3 +132,37 @@ def test_the_map_names_no_module_that_is_gone() -> None:
         if "/" in name and name.split("/")[0] in LAYER and name not in modules
     )
     assert not gone, "docs/architecture.md names modules that do not exist:\n" + "\n".join(gone)
+
+
+TESTS = ROOT / "tests"
+
+
+def _shared_test_module(dotted: str) -> bool:
+    """What a test may import from tests/: the fixtures and a conftest."""
+    parts = dotted.split(".")
+    return parts[:2] == ["tests", "fixtures"] or "conftest" in parts
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    # A helper two test modules need belongs in tests/fixtures/, so that
+    # running (or deleting) one test module never depends on another.
+    bad = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                # `from tests.ui import test_browser` names the module after `import`.
+                module = "tests.<relative>" if node.level else node.module or ""
+                names = [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            bad += [
+                f"{path.relative_to(ROOT)}: imports {name}"
+                for name in names
+                if name.startswith("tests.") and not _shared_test_module(name)
+            ]
+    assert not bad, (
+        "test modules import other test modules (move the helper to tests/fixtures/):\n"
+        + "\n".join(bad)
+    )

@@ -18,63 +18,18 @@ import pytest
 
 from tests.fixtures.agent import AgentLauncher, RunningAgent
 from tests.fixtures.common import poll
-
-FAKE_HOSTNAME = "host-under-test"
-FAKE_OS_NAME = "Tether Test Linux"
-FAKE_OS_VERSION = "42 (Fake Host)"
-MEM_TOTAL_KB = 987654321  # ~942 GiB: no test machine has that
-MEM_AVAILABLE_KB = 123456789
-UPTIME = 98765.43
-LOAD = (9.87, 6.54, 3.21)
-THREADS = 345
-FAKE_PIDS = ("1", "42", "4242")
-
-
-def build_host_root(tmp: Path, missing: tuple[str, ...] = ()) -> Path:
-    """A host root with every file the collectors and system info read;
-    `missing` (paths relative to the root) are left out."""
-    root = tmp / "host"
-    files: dict[str, str] = {
-        "proc/stat": Path("/proc/stat").read_text(),
-        "proc/diskstats": Path("/proc/diskstats").read_text(),
-        # /proc/net follows the reader's network namespace: the host's is init's.
-        "proc/1/net/dev": Path("/proc/net/dev").read_text(),
-        "proc/meminfo": (
-            f"MemTotal:       {MEM_TOTAL_KB} kB\n"
-            "MemFree:        100000000 kB\n"
-            f"MemAvailable:   {MEM_AVAILABLE_KB} kB\n"
-            "Buffers:          2000000 kB\n"
-            "Cached:          30000000 kB\n"
-            "SwapTotal:        8000000 kB\n"
-            "SwapFree:         6000000 kB\n"
-            "Shmem:             500000 kB\n"
-            "SReclaimable:     1000000 kB\n"
-        ),
-        "proc/uptime": f"{UPTIME} 12345.67\n",
-        "proc/loadavg": f"{LOAD[0]} {LOAD[1]} {LOAD[2]} 2/{THREADS} 999\n",
-        "proc/sys/kernel/hostname": FAKE_HOSTNAME + "\n",
-        "proc/sys/kernel/random/boot_id": "00000000-0000-4000-8000-000000000042\n",
-        "proc/filesystems": "nodev\tsysfs\nnodev\tproc\n\text4\n",
-        "etc/os-release": (
-            f'NAME="{FAKE_OS_NAME}"\nID=tethertest\nVERSION="{FAKE_OS_VERSION}"\n'
-            f'PRETTY_NAME="{FAKE_OS_NAME} {FAKE_OS_VERSION}"\n'
-        ),
-    }
-    for rel, text in files.items():
-        if rel in missing:
-            continue
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    for pid in FAKE_PIDS:
-        (root / "proc" / pid).mkdir(parents=True, exist_ok=True)
-    # The host's / is the directory itself (as with -v /:/host): same device.
-    dev = os.stat(root).st_dev
-    mountinfo = f"1 0 {os.major(dev)}:{os.minor(dev)} / / rw - ext4 /dev/fakeroot rw\n"
-    mountinfo += "2 1 254:99 / /srv/not\\040mounted rw - ext4 /dev/fakesrv rw\n"
-    if "proc/1/mountinfo" not in missing:
-        (root / "proc/1/mountinfo").write_text(mountinfo)
-    return root
+from tests.fixtures.host_root import (
+    FAKE_HOSTNAME,
+    FAKE_OS_NAME,
+    FAKE_OS_VERSION,
+    FAKE_PIDS,
+    LOAD,
+    MEM_AVAILABLE_KB,
+    MEM_TOTAL_KB,
+    THREADS,
+    UPTIME,
+    build_host_root,
+)
 
 
 def latest(agent: RunningAgent, chart: str) -> dict[str, float]:

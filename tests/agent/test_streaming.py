@@ -7,7 +7,6 @@ children carry on."""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -20,22 +19,10 @@ import pytest
 from tests.fixtures.agent import AgentLauncher, RunningAgent
 from tests.fixtures.certs import Issued, issue
 from tests.fixtures.common import free_port, poll
+from tests.fixtures.streaming import KEYS, fake_host_root
 from tether.protocol import stream as sp
 
-KEYS = "first-key-0123456789 second-key-9876543210"
 WAIT = 60.0
-
-
-def fake_host_root(directory: Path, boot_id: str) -> Path:
-    """A TETHER_HOST_ROOT whose /proc is the real one except for the boot id."""
-    proc = directory / "proc"
-    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
-    for entry in os.listdir("/proc"):
-        if entry != "sys":
-            (proc / entry).symlink_to(f"/proc/{entry}")
-    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(boot_id + "\n")
-    (proc / "sys" / "kernel" / "hostname").write_text("fake\n")
-    return directory
 
 
 @dataclass

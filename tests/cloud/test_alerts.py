@@ -4,7 +4,6 @@ PostgreSQL with TETHER_TEST_DATABASE_URL), with the time passed in."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 import time
 import uuid
@@ -15,10 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.database import migrated_database
 from tests.fixtures.receivers import WebhookReceiver, webhook
 from tether.cloud.alerts import outbox, policy, reachability
-from tether.cloud.db import Database, migrate
+from tether.cloud.db import Database
 from tether.cloud.models import (
     Alert,
     AlertGrace,
@@ -41,20 +40,10 @@ __all__ = ["webhook"]  # the receiver fixture, used by name
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    drop = None
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    database = Database(url)
-    migrate(database.engine)
     reachability.defaults["grace_seconds"] = GRACE
     reachability.limits = outbox.Limits()
-    try:
+    with migrated_database(tmp_path) as database:
         yield database
-    finally:
-        database.dispose()
-        if drop:
-            drop()
 
 
 @pytest.fixture

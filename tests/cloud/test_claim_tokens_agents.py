@@ -4,44 +4,13 @@ claims while the agent it enrolled stays live."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 from tests.fixtures.agent import AgentLauncher
+from tests.fixtures.claim import state, tether_claim
 from tests.fixtures.cloud import Cloud
-from tests.fixtures.common import clean_env, command, poll
+from tests.fixtures.common import poll
 from tether.paths import AgentPaths
-
-
-def tether_claim(
-    prefix: Path, cloud: Cloud, token: str, *args: str
-) -> subprocess.CompletedProcess[str]:
-    paths = AgentPaths(prefix)
-    paths.cloud_dir.mkdir(parents=True, exist_ok=True)
-    assert cloud.ca_file
-    shutil.copy(cloud.ca_file, paths.cloud_fullchain_file)
-    return subprocess.run(
-        [
-            command("tether-claim"),
-            "--prefix",
-            str(prefix),
-            f"-token={token}",
-            f"-url={cloud.url}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
-
-
-def state(cloud: Cloud, node_id: str) -> str:
-    r = cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/nodes/{node_id}")
-    assert r.status_code == 200, r.text
-    return str(r.json()["state"])
 
 
 def test_one_use_token_enrolls_one_agent_and_revoking_it_keeps_that_agent_live(

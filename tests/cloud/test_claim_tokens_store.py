@@ -19,8 +19,9 @@ from alembic.config import Config
 from tests.fixtures.api import claim_body
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.database import migrated_database
 from tether.cloud.claim import ClaimError, apply_claim, parse_claim
-from tether.cloud.db import MIGRATIONS, Database, migrate
+from tether.cloud.db import MIGRATIONS, Database
 from tether.cloud.models import Node, User
 from tether.cloud.secrets import SecretBox, new_token, sha256_hex
 from tether.cloud.store import claim_tokens
@@ -31,6 +32,7 @@ EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> Iterator[str]:
+    """An empty database, for the migration test to upgrade step by step."""
     pg = os.environ.get(PG_ENV)
     if not pg:
         yield f"sqlite:///{tmp_path / 'cloud.db'}"
@@ -49,32 +51,30 @@ def request(token: str) -> tuple[str, object]:
     return node_id, parse_claim(node_id, json.dumps(claim_body(node_id, token)).encode())
 
 
-def test_expiry_is_decided_by_the_clock_given_to_the_claim(db_url: str) -> None:
-    db = Database(db_url)
-    migrate(db.engine)
-    clock = FakeClock(0)
-    with db.session(write_lock=True) as s:
-        owner = User(email="a@example.org", name="a", password_hash="x")
-        s.add(owner)
-        s.flush()
-        space = space_store.create_space(s, "S", owner)
-        token, _ = claim_tokens.create(
-            s, space.id, "one hour", owner.id, expires_at=at(clock) + dt.timedelta(hours=1)
+def test_expiry_is_decided_by_the_clock_given_to_the_claim(tmp_path: Path) -> None:
+    with migrated_database(tmp_path) as db:
+        clock = FakeClock(0)
+        with db.session(write_lock=True) as s:
+            owner = User(email="a@example.org", name="a", password_hash="x")
+            s.add(owner)
+            s.flush()
+            space = space_store.create_space(s, "S", owner)
+            token, _ = claim_tokens.create(
+                s, space.id, "one hour", owner.id, expires_at=at(clock) + dt.timedelta(hours=1)
+            )
+        clock.now += 3599
+        _, req = request(token)
+        assert apply_claim(db, req, "192.0.2.1", now=at(clock)) == ("claimed", space.id)  # type: ignore[arg-type]
+        clock.now += 1
+        _, req = request(token)
+        with pytest.raises(ClaimError) as refused:
+            apply_claim(db, req, "192.0.2.1", now=at(clock))  # type: ignore[arg-type]
+        assert refused.value.key == "ErrForbidden"
+        assert "'one hour'" in refused.value.message and "expired at 2026-01-01T01:00:00" in (
+            refused.value.message
         )
-    clock.now += 3599
-    _, req = request(token)
-    assert apply_claim(db, req, "192.0.2.1", now=at(clock)) == ("claimed", space.id)  # type: ignore[arg-type]
-    clock.now += 1
-    _, req = request(token)
-    with pytest.raises(ClaimError) as refused:
-        apply_claim(db, req, "192.0.2.1", now=at(clock))  # type: ignore[arg-type]
-    assert refused.value.key == "ErrForbidden"
-    assert "'one hour'" in refused.value.message and "expired at 2026-01-01T01:00:00" in (
-        refused.value.message
-    )
-    with db.session() as s:
-        assert len(s.scalars(sa.select(Node)).all()) == 1
-    db.dispose()
+        with db.session() as s:
+            assert len(s.scalars(sa.select(Node)).all()) == 1
 
 
 def test_migration_makes_the_one_token_the_default_named_token(db_url: str, tmp_path: Path) -> None:

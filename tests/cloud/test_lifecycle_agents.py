@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.cloud.test_claim_tokens_agents import state, tether_claim
 from tests.fixtures.agent import AgentLauncher, RunningAgent
 from tests.fixtures.api import claim
+from tests.fixtures.claim import state, tether_claim
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.invitations import join, new_account

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,9 @@ from alembic.config import Config
 from sqlalchemy import select
 
 import tether.cloud.migrations as migrations
-from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.database import migrated_database
 from tether.cloud import planned_stops
-from tether.cloud.db import Database, migrate
+from tether.cloud.db import Database
 from tether.cloud.models import Node, User
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
@@ -29,18 +28,8 @@ T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    drop = None
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    database = Database(url)
-    migrate(database.engine)
-    try:
+    with migrated_database(tmp_path) as database:
         yield database
-    finally:
-        database.dispose()
-        if drop:
-            drop()
 
 
 def _node(db: Database) -> str:

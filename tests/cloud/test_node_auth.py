@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import delete
 
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.database import migrated_database
 from tests.fixtures.peer import new_key
-from tether.cloud.db import Database, migrate
+from tether.cloud.db import Database
 from tether.cloud.models import Node, User
 from tether.cloud.node_auth import AuthLimits
 from tether.cloud.secret_store import (
@@ -49,16 +47,8 @@ def key() -> tuple[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    drop: Callable[[], None] | None = None
-    url = f"sqlite:///{Path(tmp_path_factory.mktemp('auth')) / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    db = Database(url)
-    migrate(db.engine)
-    yield db
-    db.dispose()
-    if drop:
-        drop()
+    with migrated_database(tmp_path_factory.mktemp("auth")) as db:
+        yield db
 
 
 def add_node(db: Database, public_pem: bytes) -> str:

@@ -13,6 +13,7 @@ import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,13 +25,14 @@ from tests.fixtures.peer import FAST, Peer, link_up
 from tests.fixtures.ui import make_member, session_client
 from tether.cloud import node_list
 from tether.cloud.db import Database, migrate
-from tether.cloud.models import Node, NodeEvent, Room, User, utcnow
+from tether.cloud.models import Alert, Node, NodeEvent, Room, User, utcnow
 from tether.cloud.node_list import BadQuery, parse
+from tether.cloud.store import labels as label_store
 from tether.cloud.store import nodes as node_store
 from tether.cloud.store import spaces as space_store
 from tether.cloud.web import live
 from tether.cloud.web.live import NodeWatcher
-from tether.protocol.frames import Goodbye
+from tether.protocol.frames import AlertTransition, Goodbye
 from tether.protocol.states import NodeState
 
 # -- parameters ----------------------------------------------------------------
@@ -64,7 +66,17 @@ def test_repeated_and_comma_separated_values_and_search_words() -> None:
     ("params", "param", "names"),
     [
         ({"state": ["gone"]}, "state", "unseen, live, offline"),
-        ({"sort": ["color"]}, "sort", "name, state, state_since, last_seen, os, agent_version"),
+        (
+            {"sort": ["color"]},
+            "sort",
+            "name, state, state_since, last_seen, os, agent_version, severity",
+        ),
+        ({"severity": ["red"]}, "severity", "critical, warning, clear"),
+        ({"label": ["bad key:x"]}, "label", "KEY:VALUE"),
+        ({"label": [":x"]}, "label", "letters, digits"),
+        ({"label": ["env:a\x00b"]}, "label", "control or formatting"),
+        ({"label": ["env:" + "x" * 201]}, "label", "200 characters"),
+        ({"room": ["'; drop table nodes"]}, "room", "not a War Room id"),
         ({"order": ["up"]}, "order", "asc, desc"),
         ({"page": ["0"]}, "page", "1 to"),
         ({"page": ["x"]}, "page", "1 to"),
@@ -84,6 +96,26 @@ def test_a_bad_value_names_the_parameter_and_what_it_allows(
         parse(params)
     assert got.value.param == param
     assert f'"{param}"' in str(got.value) and names in str(got.value)
+
+
+def test_label_room_and_severity_parameters() -> None:
+    q = parse(
+        {
+            "label": ["env:prod", "team=a:b", " rack ", "env:prod"],
+            "room": ["ABC-1,def-2"],
+            "severity": ["Critical,clear"],
+        }
+    )
+    # `=` splits first (a key never holds one); a key alone: has the label.
+    assert q.labels == (("env", "prod"), ("team", "a:b"), ("rack", None))
+    assert q.rooms == ("abc-1", "def-2") and q.severities == ("critical", "clear")
+    assert q.params() == {
+        "label": ["env:prod", "team:a:b", "rack"],
+        "room": ["abc-1", "def-2"],
+        "severity": ["critical", "clear"],
+    }
+    # A value may hold commas and spaces: labels are never comma-split.
+    assert parse({"label": ["note:a, b"]}).labels == (("note", "a, b"),)
 
 
 # -- the SQL on a real database -------------------------------------------------
@@ -170,10 +202,10 @@ def fleet(db: Database) -> tuple[str, str, str]:
     return sid, all_room, other
 
 
-def names(db: Database, sid: str, room: str | None, **params: str | list[str]) -> list[str]:
+def names(db: Database, sid: str, scope: str | None, **params: str | list[str]) -> list[str]:
     query = parse({k: v if isinstance(v, list) else [v] for k, v in params.items()})
     with db.session() as s:
-        found, _ = node_store.list_page(s, sid, room, query)
+        found, _ = node_store.list_page(s, sid, scope, query)
         return [n.hostname for n in found]
 
 
@@ -283,6 +315,152 @@ def test_facets_shared_names_and_expected_back(db: Database, fleet: tuple[str, s
         back = node_store.expected_back(s, found)
     assert list(back) == [twin]
     assert abs((back[twin] - utcnow()).total_seconds() - 120) < 60
+
+
+def set_labels(db: Database, node_id: str, source: str, labels: dict[str, str]) -> None:
+    with db.session(write_lock=True) as s:
+        label_store.set_source(s, node_id, source, labels)
+
+
+def node_id(db: Database, sid: str, hostname: str) -> str:
+    with db.session() as s:
+        return s.query(Node).filter(Node.space_id == sid, Node.hostname == hostname).one().id
+
+
+def agent_alert(db: Database, nid: str, name: str, old: str, new: str) -> None:
+    """A transition as the link records it (tether.cloud.link.endpoint.apply_alert)."""
+    with db.session(write_lock=True) as s:
+        node = s.get(Node, nid)
+        assert node is not None
+        node_store.record_event(
+            s,
+            node,
+            "alert",
+            cause=f"{name} on system.cpu: {old} -> {new}",
+            detail={"name": name, "chart": "system.cpu", "old_status": old, "new_status": new},
+        )
+
+
+def reachability_alert(db: Database, nid: str, severity: str, status: str = "active") -> None:
+    """A reachability alert row, as tether.cloud.alerts.reachability raises it."""
+    with db.session(write_lock=True) as s:
+        node = s.get(Node, nid)
+        assert node is not None
+        s.add(
+            Alert(
+                space_id=node.space_id,
+                node_id=nid,
+                hostname=node.hostname,
+                name="reachability",
+                severity=severity,
+                status=status,
+                summary="lost",
+                offline_at=T0,
+            )
+        )
+
+
+def test_label_filters_match_the_winning_value_and_combine(
+    db: Database, fleet: tuple[str, str, str]
+) -> None:
+    sid, all_room, other = fleet
+    for i in range(10):
+        set_labels(
+            db, node_id(db, sid, f"web-{i:02d}"), "agent", {"env": "prod" if i < 7 else "dev"}
+        )
+    web3, web5 = node_id(db, sid, "web-03"), node_id(db, sid, "web-05")
+    set_labels(db, web3, "token", {"rack": "r1", "note": "a, b"})
+    # The Cloud's label outranks the agent's: web-05 is dev now, not prod.
+    set_labels(db, web5, "cloud", {"env": "dev"})
+    prod = [f"web-{i:02d}" for i in (0, 1, 2, 3, 4, 6)]
+    assert names(db, sid, all_room, label="env:prod") == prod
+    assert names(db, sid, all_room, label="env=prod") == prod
+    assert names(db, sid, all_room, label="env:dev") == ["web-05", "web-07", "web-08", "web-09"]
+    assert names(db, sid, all_room, label="env:Prod") == []  # values are case-sensitive
+    assert names(db, sid, all_room, label="rack") == ["web-03"]  # has the label
+    assert names(db, sid, all_room, label="note:a, b") == ["web-03"]
+    # Several labels: all of them; with the other filters too.
+    assert names(db, sid, all_room, label=["env:prod", "rack:r1"]) == ["web-03"]
+    assert names(db, sid, all_room, label=["env:dev", "rack"]) == []
+    assert names(db, sid, all_room, label="env:prod", state="offline") == ["web-01", "web-03"]
+    assert names(db, sid, all_room, label="env:prod", os="Debian 12", q="web-0") == [
+        "web-00",
+        "web-01",
+        "web-02",
+        "web-03",
+        "web-04",
+    ]
+    assert names(db, sid, other, label="env") == []  # DB-b, the other room's node, has none
+    assert total(db, sid, all_room, label="env:prod", per_page="2") == 6
+
+
+def test_search_matches_label_values(db: Database, fleet: tuple[str, str, str]) -> None:
+    sid, room, _ = fleet
+    set_labels(db, node_id(db, sid, "web-04"), "agent", {"service": "Checkout-API"})
+    set_labels(db, node_id(db, sid, "db-a"), "token", {"service": "billing"})
+    set_labels(db, node_id(db, sid, "db-a"), "cloud", {"service": "ledger"})
+    assert names(db, sid, room, q="checkout") == ["web-04"]
+    assert names(db, sid, room, q="service:checkout-api") == ["web-04"]
+    assert names(db, sid, room, q="ledger") == ["db-a"]
+    assert names(db, sid, room, q="billing") == []  # outranked by the Cloud's value
+    assert names(db, sid, room, q="api web") == ["web-04"]  # each word anywhere
+
+
+def test_room_filter_and_an_unknown_room(db: Database, fleet: tuple[str, str, str]) -> None:
+    sid, all_room, other = fleet
+    third = make_space(db)[2]  # a room of another Space
+    assert names(db, sid, all_room, room=other) == ["DB-b"]
+    assert names(db, sid, None, room=[other, all_room], state="unseen") == ["db-a"]
+    assert names(db, sid, None, room=other.upper(), q="web") == []
+    with pytest.raises(BadQuery, match="not a War Room of this Space") as got:
+        names(db, sid, None, room=third)
+    assert got.value.param == "room"
+
+
+def test_severity_is_the_worst_active_alert(db: Database, fleet: tuple[str, str, str]) -> None:
+    sid, room, _ = fleet
+    ids = {h: node_id(db, sid, h) for h in ("web-00", "web-01", "web-02", "web-03", "db-a")}
+    # web-00: an agent alert raised to critical; web-01: warning; web-02:
+    # critical then cleared (the latest transition counts); web-03: a
+    # reachability alert (warning) and an agent warning; db-a: only a
+    # resolved reachability alert.
+    agent_alert(db, ids["web-00"], "cpu_usage", "clear", "warning")
+    agent_alert(db, ids["web-00"], "cpu_usage", "warning", "critical")
+    agent_alert(db, ids["web-01"], "ram_usage", "clear", "warning")
+    agent_alert(db, ids["web-02"], "cpu_usage", "clear", "critical")
+    agent_alert(db, ids["web-02"], "cpu_usage", "critical", "clear")
+    agent_alert(db, ids["web-02"], "disk_space", "clear", "clear")
+    reachability_alert(db, ids["web-03"], "warning")
+    agent_alert(db, ids["web-03"], "ram_usage", "clear", "warning")
+    reachability_alert(db, ids["db-a"], "critical", status="resolved")
+    assert names(db, sid, room, severity="critical") == ["web-00"]
+    assert names(db, sid, room, severity="warning") == ["web-01", "web-03"]
+    assert names(db, sid, room, severity="critical,warning", state="offline") == [
+        "web-01",
+        "web-03",
+    ]
+    clear = names(db, sid, room, severity="clear")
+    assert "web-02" in clear and "db-a" in clear and len(clear) == 9
+    # A reachability alert raised to critical makes web-03 critical.
+    reachability_alert(db, ids["web-03"], "critical")
+    assert names(db, sid, room, severity="critical") == ["web-00", "web-03"]
+    # Sorted: worst first, then by name; the Alerts column's values in one statement.
+    assert names(db, sid, room, sort="severity", per_page="3") == ["web-00", "web-03", "web-01"]
+    assert names(db, sid, room, sort="severity", order="desc")[-3:] == [
+        "web-01",
+        "web-00",
+        "web-03",
+    ]
+    with db.session() as s:
+        worst = node_store.severities(s, sid, list(ids.values()))
+        assert worst == {
+            ids["web-00"]: "critical",
+            ids["web-01"]: "warning",
+            ids["web-02"]: "clear",
+            ids["web-03"]: "critical",
+            ids["db-a"]: "clear",
+        }
+        assert len(node_store.severities(s, sid, None)) == 12
 
 
 # -- the live watcher ---------------------------------------------------------------
@@ -401,6 +579,96 @@ def test_ui_json_pages_and_tells_equal_names_apart(cloud: Cloud) -> None:
     page = c.get(room, params={"q": "web-3"})
     assert page.status_code == 200 and ">web-3<" in page.text and ">web-4<" not in page.text
     assert c.get(room, params={"order": "sideways"}).status_code == 400
+
+
+def test_api_and_ui_filter_by_label_room_and_severity(start_cloud: Callable[..., Cloud]) -> None:
+    """Labels set through the API, a room made through the API, a critical
+    alert sent by a real peer over its link: each filter, combined, and the
+    400s naming the parameter."""
+    cloud = start_cloud(*FAST)
+    ids = claim_fleet(cloud)
+    url = f"/api/v1/spaces/{cloud.space_id}/nodes"
+    for host in ("web-1", "web-2", "web-3"):
+        r = cloud.api(
+            "PUT",
+            f"{url}/{ids[host]}/labels",
+            json={"labels": {"env": "prod" if host != "web-3" else "dev", "tier": "front"}},
+        )
+        assert r.status_code == 200, r.text
+    r = cloud.api("POST", f"/api/v1/spaces/{cloud.space_id}/rooms", json={"name": "eu"})
+    assert r.status_code in (200, 201), r.text
+    eu = r.json()["id"]
+    for host in ("web-2", "db-1"):
+        path = f"/api/v1/spaces/{cloud.space_id}/rooms/{eu}/nodes/{ids[host]}"
+        assert cloud.api("PUT", path).status_code in (200, 204)
+    peer = Peer(cloud, hostname="hot").claim()
+
+    async def raise_critical() -> None:
+        link = await link_up(peer)
+        await link.send(
+            AlertTransition(
+                name="cpu_usage",
+                chart="system.cpu",
+                old_status="clear",
+                new_status="critical",
+                at=0,
+            )
+        )
+        # Kept open until the alert shows, so the node stays live meanwhile.
+        poll(
+            lambda: [n["hostname"] for n in get(severity="critical")] == ["hot"],
+            10,
+            "the node with the critical alert listed alone",
+        )
+        await link.ws.close()
+
+    def get(**params: str | list[str]) -> list[dict[str, Any]]:
+        r = cloud.api("GET", url, params=params)
+        assert r.status_code == 200, r.text
+        return sorted(r.json(), key=lambda n: str(n["hostname"]))
+
+    def hosts(**params: str | list[str]) -> list[str]:
+        return [n["hostname"] for n in get(**params)]
+
+    asyncio.run(raise_critical())
+    assert hosts(label="env:prod") == ["web-1", "web-2"]
+    assert hosts(label=["env:prod", "tier"]) == ["web-1", "web-2"]
+    assert hosts(label=["tier:front", "env=dev"]) == ["web-3"]
+    assert hosts(label="tier", room=eu) == ["web-2"]
+    assert hosts(room=eu) == ["db-1", "web-2"]
+    assert hosts(q="front", state="unseen") == ["web-1", "web-2", "web-3"]  # label values
+    assert hosts(severity="critical", label="env") == []
+    assert "hot" not in hosts(severity="clear") and len(hosts(severity="clear")) == 7
+    assert hosts(severity="warning") == []
+    (hot,) = get(q="hot")
+    assert hot["alert_severity"] == "critical" and get(q="web-1")[0]["alert_severity"] == "clear"
+    r = cloud.api("GET", url, params={"sort": "severity", "per_page": "1"})
+    assert [n["hostname"] for n in r.json()] == ["hot"] and r.headers["x-total-count"] == "8"
+    for params, param, allowed in [
+        ({"severity": "fatal"}, "severity", "critical, warning, clear"),
+        ({"label": "no spaces:x"}, "label", "KEY:VALUE"),
+        ({"room": str(uuid.uuid4())}, "room", "not a War Room of this Space"),
+        ({"room": "<script>"}, "room", "not a War Room id"),
+    ]:
+        r = cloud.api("GET", url, params=params)
+        assert r.status_code == 400, (params, r.text)
+        assert r.json()["errorMsgKey"] == "ErrBadRequest"
+        assert f'"{param}"' in r.json()["errorMessage"] and allowed in r.json()["errorMessage"]
+    # The Nodes view's JSON and page take the same filters (in the URL).
+    c = session_client(cloud, cloud.admin_email, str(cloud.admin_password))
+    room = f"/spaces/{cloud.space_id}/rooms/{cloud.room_ids[0]}"
+    data = c.get(room + "/nodes.json", params={"label": "env:prod", "room": eu}).json()
+    assert [n["hostname"] for n in data["nodes"]] == ["web-2"] and data["total"] == 1
+    data = c.get(room + "/nodes.json", params={"severity": "critical"}).json()
+    assert [(n["hostname"], n["alert_severity"]) for n in data["nodes"]] == [("hot", "critical")]
+    page = c.get(room, params={"label": "env:dev"})
+    assert page.status_code == 200 and ">web-3<" in page.text and ">web-1<" not in page.text
+    assert 'value="env:dev"' in page.text
+    page = c.get(room, params={"severity": "critical"})
+    assert 'class="severity severity-critical">critical<' in page.text
+    r = c.get(room + "/nodes.json", params={"room": str(uuid.uuid4())})
+    assert r.status_code == 400 and '"room"' in r.json()["errorMessage"]
+    assert c.get(room, params={"severity": "bad"}).status_code == 400
 
 
 def sse_events(lines: Iterator[str], wanted: str) -> list[str]:

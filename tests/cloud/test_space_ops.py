@@ -13,11 +13,12 @@ import pytest
 from starlette.requests import HTTPConnection
 
 from tests.fixtures.cloud import Cloud
+from tests.fixtures.database import migrated_database
 from tests.fixtures.invitations import join, new_account
 from tether.cloud import space_ops
 from tether.cloud.auth import Principal
 from tether.cloud.client import client_address
-from tether.cloud.db import Database, migrate
+from tether.cloud.db import Database
 from tether.cloud.models import Node, User
 from tether.cloud.store import spaces as space_store
 from tether.cloud.store.spaces import AllNodesRoom, Forbidden, NotFound, require_role
@@ -25,10 +26,8 @@ from tether.cloud.store.spaces import AllNodesRoom, Forbidden, NotFound, require
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(database.engine)
-    yield database
-    database.dispose()
+    with migrated_database(tmp_path) as database:
+        yield database
 
 
 def _person(db: Database, email: str) -> Principal:

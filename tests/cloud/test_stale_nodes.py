@@ -5,7 +5,6 @@ time they are given: no waiting days."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,9 @@ import msgspec
 import pytest
 from sqlalchemy import func, select
 
-from tests.fixtures.cloud import PG_ENV, _create_pg_database
+from tests.fixtures.database import migrated_database
 from tether.cloud import audit, retention, stale_nodes
-from tether.cloud.db import Database, migrate
+from tether.cloud.db import Database
 from tether.cloud.models import AuditEntry, Node, Space, User
 from tether.cloud.store import spaces as space_store
 from tether.node import host_labels
@@ -30,19 +29,9 @@ NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    drop = None
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    database = Database(url)
-    migrate(database.engine)
-    audit.take_written()
-    try:
+    with migrated_database(tmp_path) as database:
+        audit.take_written()
         yield database
-    finally:
-        database.dispose()
-        if drop:
-            drop()
 
 
 def _space(db: Database) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import uuid
+from pathlib import Path
 
-from tests.fixtures.cloud import PG_ENV, _create_pg_database
-from tether.cloud.db import Database, migrate
+from tests.fixtures.database import add_nodes, migrated_database
 from tether.cloud.link import presence
 from tether.cloud.models import Node, User
 from tether.cloud.store import nodes as node_store
@@ -14,32 +13,14 @@ from tether.cloud.store import spaces as space_store
 from tether.protocol.states import CAUSE_CLOSED, CAUSE_KEEPALIVE, NodeState
 
 
-def test_late_close_of_old_session_does_not_mark_newer_offline(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    drop = None
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    db = Database(url)
-    try:
-        migrate(db.engine)
-        nid = str(uuid.uuid4())
-        with db.session(write_lock=True) as s:
-            user = User(email="a@b.c", name="a", password_hash="x")
-            s.add(user)
-            s.flush()
-            space = space_store.create_space(s, "S", user)
-            s.add(
-                Node(
-                    id=nid,
-                    space_id=space.id,
-                    hostname="h",
-                    public_key_pem="k",
-                    public_key_sha256="f",
-                )
-            )
+def test_late_close_of_old_session_does_not_mark_newer_offline(tmp_path: Path) -> None:
+    with migrated_database(tmp_path) as db:
+        (nid,) = add_nodes(db, 1)
         with db.session(write_lock=True) as s:
             node = s.get(Node, nid)
             assert node is not None
+            [(owner, _)] = space_store.members(s, node.space_id)
+            user_id = owner.id
             node_store.set_state(s, node, NodeState.LIVE, "connected", session_id="one")
             node_store.set_state(s, node, NodeState.LIVE, "reconnected", session_id="two")
             # The late close of the replaced session "one" changes nothing.
@@ -53,14 +34,10 @@ def test_late_close_of_old_session_does_not_mark_newer_offline(tmp_path) -> None
             outsider = User(email="o@b.c", name="o", password_hash="x")
             s.add(outsider)
             s.flush()
-            assert node_store.visible_to(s, user.id, nid) is not None
+            assert node_store.visible_to(s, user_id, nid) is not None
             assert node_store.visible_to(s, outsider.id, nid) is None
-            assert node_store.visible_to(s, user.id, str(uuid.uuid4())) is None
+            assert node_store.visible_to(s, user_id, str(uuid.uuid4())) is None
         with db.session() as s:
             kinds = [(e.kind, e.state, e.cause) for e in node_store.events(s, nid)]
         assert kinds[0] == ("state", "offline", "keepalive lost")
         assert len(kinds) == 3
-    finally:
-        db.dispose()
-        if drop:
-            drop()

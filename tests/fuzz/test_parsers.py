@@ -6,70 +6,18 @@ the parser's documented error, never another exception."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.fixtures.fuzz import FUZZ, decodes_or_refuses, frame_maps, msgpack_values
 from tether.cloud.claim import ClaimError, ClaimRequest, parse_claim
-from tether.protocol.frames import FRAME_TYPES, PROTOCOL_VERSION, ProtocolError, Reload, decode
-
-# TETHER_FUZZ_SCALE=10 searches ten times longer.
-FUZZ = settings(
-    max_examples=int(300 * float(os.environ.get("TETHER_FUZZ_SCALE", "1"))),
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-# -- values msgpack can carry ------------------------------------------------------
-
-msgpack_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=50)
-    | st.binary(max_size=50)
-)
-msgpack_values = st.recursive(
-    msgpack_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=5)
-        | st.dictionaries(st.text(max_size=10) | st.integers(-5, 5), inner, max_size=5)
-    ),
-    max_leaves=30,
-)
-
-TAGS = [t.__struct_config__.tag for t in FRAME_TYPES]
-FIELDS = sorted({f for t in FRAME_TYPES for f in t.__struct_fields__} - {"v"})
-
-
-@st.composite
-def frame_shaped(draw: st.DrawFn) -> dict[str, Any]:
-    """A map with a real or odd frame type, a real or odd version and a mix of
-    real field names with any values: this reaches past the envelope."""
-    out: dict[str, Any] = {
-        "t": draw(st.sampled_from(TAGS) | msgpack_values),
-        "v": draw(st.just(PROTOCOL_VERSION) | msgpack_values),
-    }
-    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=8)):
-        out[name] = draw(msgpack_values)
-    return out
-
-
-def decodes_or_refuses(data: bytes) -> None:
-    try:
-        frame = decode(data)
-    except ProtocolError as exc:
-        assert str(exc)  # a reason for the log and the close frame
-        return
-    assert isinstance(frame, FRAME_TYPES)
+from tether.protocol.frames import FRAME_TYPES, PROTOCOL_VERSION, Reload, decode
 
 
 @FUZZ
@@ -84,7 +32,7 @@ def test_any_bytes_decode_to_a_frame_or_a_protocol_error(data: bytes) -> None:
 
 
 @FUZZ
-@given(msgpack_values | frame_shaped())
+@given(msgpack_values | frame_maps(FRAME_TYPES, PROTOCOL_VERSION))
 def test_any_msgpack_value_decodes_to_a_frame_or_a_protocol_error(value: Any) -> None:
     decodes_or_refuses(msgspec.msgpack.encode(value))
 

@@ -6,56 +6,22 @@ frame's worth of bytes, and stays closed after a fault."""
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import msgspec
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.fixtures.fuzz import FUZZ, frame_maps
 from tether.protocol import stream as sp
 
-FUZZ = settings(
-    max_examples=int(300 * float(os.environ.get("TETHER_FUZZ_SCALE", "1"))),
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-msgpack_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=50)
-    | st.binary(max_size=50)
-)
-msgpack_values = st.recursive(
-    msgpack_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=5)
-        | st.dictionaries(st.text(max_size=10) | st.integers(-5, 5), inner, max_size=5)
-    ),
-    max_leaves=30,
-)
-
-TAGS = [t.__struct_config__.tag for t in sp.FRAME_TYPES]
-FIELDS = sorted({f for t in sp.FRAME_TYPES for f in t.__struct_fields__} - {"v"})
+FRAME_MAPS = frame_maps(sp.FRAME_TYPES, sp.STREAM_VERSION)
 HELLO = sp.encode(sp.Hello(api_key="k", machine_guid="g", hostname="h"))
 CHART = sp.encode(sp.ChartDef(id="c", dimensions=[("a", "a"), ("b", "b")]))
 
 
 @st.composite
 def frame_shaped(draw: st.DrawFn) -> bytes:
-    """A length-prefixed map with a real or odd type and version and real field
-    names with any values: this reaches past the envelope into the checks."""
-    out: dict[str, Any] = {
-        "t": draw(st.sampled_from(TAGS) | msgpack_values),
-        "v": draw(st.just(sp.STREAM_VERSION) | msgpack_values),
-    }
-    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=8)):
-        out[name] = draw(msgpack_values)
-    body = msgspec.msgpack.encode(out)
+    """A frame-shaped map (tests.fixtures.fuzz.frame_maps), length-prefixed."""
+    body = msgspec.msgpack.encode(draw(FRAME_MAPS))
     return sp.HEADER.pack(len(body)) + body
 
 

@@ -9,12 +9,11 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tests.fixtures.agent import AgentLauncher
+from tests.fixtures.alerts import GRACE, SECRET, notifications, quiet, setup_alerts
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import clean_env, poll
 from tests.fixtures.linked import cloud_args, link_agent
@@ -23,33 +22,6 @@ from tests.fixtures.receivers import SmtpReceiver, WebhookReceiver, smtp, webhoo
 from tether.protocol.frames import Goodbye
 
 __all__ = ["smtp", "webhook"]  # the receivers' fixtures, used by name below
-
-SECRET = "a-webhook-signing-key-of-32-chars"
-GRACE = 1.0
-
-
-def setup_alerts(cloud: Cloud, hook: WebhookReceiver | None, grace: float = GRACE) -> None:
-    sp = f"/api/v1/spaces/{cloud.space_id}"
-    r = cloud.api("PUT", f"{sp}/alert-grace", json={"scope": "space", "grace_seconds": grace})
-    assert r.status_code == 200, r.text
-    if hook is not None:
-        r = cloud.api(
-            "POST",
-            f"{sp}/notification-channels",
-            json={"name": "ops hook", "kind": "webhook", "url": hook.url, "secret": SECRET},
-        )
-        assert r.status_code == 201, r.text
-
-
-def notifications(cloud: Cloud) -> list[dict[str, Any]]:
-    r = cloud.api("GET", f"/api/v1/spaces/{cloud.space_id}/notifications")
-    assert r.status_code == 200, r.text
-    return list(r.json())
-
-
-def quiet(seconds: float) -> None:
-    """Nothing should happen now: give the Cloud the time to do it wrongly."""
-    time.sleep(seconds)
 
 
 def test_a_killed_agent_notifies_once_after_the_grace_and_once_when_back(

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.fixtures.agent import AgentLauncher
+from tests.fixtures.alerts import notifications, quiet, setup_alerts
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
 from tests.fixtures.linked import link_agent
 from tests.fixtures.receivers import WebhookReceiver, webhook
 from tests.fixtures.scaleout import pair
-from tests.link.test_alert_notifications import notifications, quiet, setup_alerts
 
 __all__ = ["webhook"]
 

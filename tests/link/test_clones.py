@@ -23,10 +23,10 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from tests.agent.test_host_root import build_host_root
 from tests.fixtures.agent import AgentLauncher, RunningAgent
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
+from tests.fixtures.host_root import build_host_root
 from tests.fixtures.linked import Linked, cloud_args, link_agent, run_claim, trust
 from tests.fixtures.peer import FAST, Peer, link_up, open_ws
 from tests.fixtures.ui import csrf_of, session_client

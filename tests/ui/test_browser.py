@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import re
-import shlex
-import subprocess
 from typing import Any
 
 import pytest
 
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
-from tests.fixtures.common import clean_env, command
 from tests.fixtures.containers import linux_command
-from tests.fixtures.ui import make_member, sign_in, trust_cloud
+from tests.fixtures.ui import make_member, run_shown_command, sign_in, trust_cloud
 
 pytestmark = pytest.mark.browser
-
-
-def run_shown_command(text: str, prefix: Any) -> subprocess.CompletedProcess[str]:
-    """Run the command exactly as the page shows it, on a node whose agent
-    lives under `prefix` (the test's stand-in for /)."""
-    argv = shlex.split(text)
-    assert argv[0] == "tether-claim", text
-    return subprocess.run(
-        [command("tether-claim"), "--prefix", str(prefix), *argv[1:]],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
 
 
 def connect_from_ui(tab: Any, cloud: Cloud, room_name: str) -> tuple[str, str]:

@@ -16,8 +16,7 @@ import pytest
 from tests.fixtures.agent import AgentLauncher
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.peer import Peer, link_up
-from tests.fixtures.ui import sign_in, trust_cloud
-from tests.ui.test_browser import run_shown_command
+from tests.fixtures.ui import run_shown_command, sign_in, trust_cloud
 
 pytestmark = pytest.mark.browser
 

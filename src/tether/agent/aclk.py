@@ -30,7 +30,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -52,10 +52,13 @@ from tether.paths import AgentPaths
 from tether.protocol import auth
 from tether.protocol.backoff import Backoff
 from tether.protocol.frames import (
+    CHILDREN_CAPABILITY,
     GOODBYE_REASONS,
     MAX_FRAME_SIZE,
     AlertTransition,
     ChartsSummary,
+    ChildrenUpdate,
+    ChildState,
     Disconnect,
     ErrorFrame,
     Frame,
@@ -93,6 +96,22 @@ log = logging.getLogger("tether.aclk")
 QueryResult = tuple[int, str, bytes]
 QueryHandler = Callable[[str, str], QueryResult | Awaitable[QueryResult]]
 HelloProvider = Callable[[], Hello]
+
+
+class ChildrenSource(Protocol):
+    """What the link needs of a streaming parent (tether.agent.stream_parent)."""
+
+    changed: asyncio.Event
+
+    def child_states(self) -> list[ChildState]: ...
+
+
+# At most one ChildrenUpdate per this many seconds: changes in between are
+# sent together, which keeps a parent inside the Cloud's node_update budget
+# (docs/protocol.md, budgets). The parent may appear after the link is up
+# (streams start after it): looked for this often.
+CHILDREN_MIN_INTERVAL = 1.0
+CHILDREN_RECHECK = 5.0
 
 HTTP_TIMEOUT = 15.0
 HELLO_TIMEOUT = 15.0
@@ -172,8 +191,12 @@ class AclkClient:
         env: Mapping[str, str] | None = None,
         proxy_origin: str = "[cloud] proxy",
         proxy_set_at_run_time: bool = False,
+        children_source: Callable[[], ChildrenSource | None] = lambda: None,
     ) -> None:
         self.paths = paths
+        self.children_source = children_source
+        self.cloud_capabilities: list[str] = []  # the last HelloAck's
+        self.children_announced = 0  # ChildrenUpdate frames sent, for aclk-state
         self.claim = claim
         self.proxy_setting = proxy_setting
         self.proxy_origin = proxy_origin
@@ -241,6 +264,7 @@ class AclkClient:
             "attempts": self.attempts,
             "queries_answered": self.queries_answered,
             "last_auth": self.last_auth,
+            "children_announced": self.children_announced,
         }
 
     def effective_proxy(self) -> ProxyChoice:
@@ -648,6 +672,11 @@ class AclkClient:
             hello = msgspec.structs.replace(
                 hello, capabilities=[*hello.capabilities, auth.RESUME_CAPABILITY]
             )
+        if CHILDREN_CAPABILITY not in hello.capabilities:  # and announces children
+            hello = msgspec.structs.replace(
+                hello, capabilities=[*hello.capabilities, CHILDREN_CAPABILITY]
+            )
+        self.cloud_capabilities = []
         await ws.send(link.send(hello))
         try:
             first = await asyncio.wait_for(ws.recv(decode=False), HELLO_TIMEOUT)
@@ -671,6 +700,9 @@ class AclkClient:
             link.session_id,
             keepalive,
         )
+        announcer: asyncio.Task[None] | None = None
+        if CHILDREN_CAPABILITY in self.cloud_capabilities:  # an older Cloud gets none
+            announcer = asyncio.create_task(self._announce_children(ws, link))
         try:
             async for message in ws:
                 if isinstance(message, str):
@@ -681,6 +713,11 @@ class AclkClient:
                     break  # Disconnect, Reload or a protocol error
         except ConnectionClosed as exc:
             raise self._closed_fault(exc) from None
+        finally:
+            if announcer is not None:
+                announcer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await announcer
         rcvd = ws.close_code
         if rcvd is not None and rcvd != CLOSE_NORMAL and not self._stopping:
             raise self._closed_fault_code(rcvd, ws.close_reason or "")
@@ -699,6 +736,7 @@ class AclkClient:
             elif isinstance(frame, HelloAck):
                 # The state machine recorded session and keepalive.
                 self._take_resume_token(frame.resume_token, frame.resume_expires_in)
+                self.cloud_capabilities = list(frame.capabilities)
             elif isinstance(frame, Disconnect):
                 self._take_resume_token(frame.resume_token, frame.resume_expires_in)
                 self._disconnect_hint = frame.reconnect_after_seconds
@@ -715,6 +753,37 @@ class AclkClient:
                 await ws.close(CLOSE_NORMAL, "reload requested")
             elif isinstance(frame, ErrorFrame):
                 log.warning("ACLK the Cloud reported an error: %s %s", frame.code, frame.text)
+
+    async def _announce_children(self, ws: ClientConnection, link: LinkConnection) -> None:
+        """Tell the Cloud about this parent's children (docs/protocol.md,
+        children): the whole set first, then what changed, at most one frame
+        per CHILDREN_MIN_INTERVAL. Ends with the link (cancelled)."""
+        sent: dict[str, ChildState] | None = None
+        while link.state is LinkState.READY:
+            source = self.children_source()
+            if source is None:
+                await asyncio.sleep(CHILDREN_RECHECK)
+                continue
+            source.changed.clear()
+            now = {c.id: c for c in source.child_states()}
+            frame: ChildrenUpdate | None
+            if sent is None:
+                frame = ChildrenUpdate(children=list(now.values()), full=True)
+            else:
+                changes = [c for k, c in now.items() if sent.get(k) != c]
+                changes += [
+                    msgspec.structs.replace(c, state="removed")
+                    for k, c in sent.items()
+                    if k not in now
+                ]
+                frame = ChildrenUpdate(children=changes) if changes else None
+            if frame is not None:
+                await self._send(ws, link, frame)
+                self.children_announced += 1
+                sent = now
+            await asyncio.sleep(CHILDREN_MIN_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(source.changed.wait(), CHILDREN_RECHECK)
 
     def _take_resume_token(self, token: str, expires_in: float) -> None:
         if token and expires_in > 0:
@@ -843,6 +912,7 @@ def attach_to_agent(agent: Agent, insecure: bool = False) -> AclkClient:
         insecure=insecure,
         proxy_origin=agent.config.origin("cloud", "proxy"),
         proxy_set_at_run_time=agent.config.set_at_run_time("cloud", "proxy"),
+        children_source=lambda: agent.stream_parent,  # set once [stream] starts
     )
     agent.attach_link(client)
 

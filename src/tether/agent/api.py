@@ -336,12 +336,33 @@ ENDPOINTS: dict[str, Callable[[Agent, Params], Result]] = {
 }
 
 
+def child_alarms(child: HostView, params: Params) -> Result:
+    """A child's alerts are not streamed (its own agent evaluates them): none
+    here, so the Cloud's node page of a child says so instead of failing."""
+    return _json(
+        {
+            "hostname": child.hostname,
+            "latest_alarm_log_unique_id": 0,
+            "status": False,
+            "now": int(time.time()),
+            "alarms": {},
+            "transitions": [],
+        }
+    )
+
+
+def child_alarm_log(child: HostView, params: Params) -> Result:
+    return _json([])
+
+
 # A child streamed to this agent answers these, at /host/CHILD/api/v1/...
 CHILD_ENDPOINTS: dict[str, Callable[[HostView, Params], Result]] = {
     "/api/v1/charts": charts,
     "/api/v1/chart": chart,
     "/api/v1/data": data,
     "/api/v1/allmetrics": allmetrics,
+    "/api/v1/alarms": child_alarms,
+    "/api/v1/alarm_log": child_alarm_log,
 }
 
 

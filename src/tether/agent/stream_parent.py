@@ -36,6 +36,7 @@ from tether.agent.storage import Store
 from tether.agent.system import StartupError
 from tether.node.config import AgentConfig
 from tether.protocol import stream as sp
+from tether.protocol.frames import ChildState
 
 log = logging.getLogger("tether.agent")
 
@@ -133,6 +134,20 @@ class ChildHost:
             "clone_of": self.clone_of,
         }
 
+    def link_state(self, key: str) -> ChildState:
+        """This child as the parent's link announces it to the Cloud."""
+        os_text = f"{self.os_info.get('os_name', '')} {self.os_info.get('os_version', '')}"
+        return ChildState(
+            id=key[:401],
+            machine_guid=self.machine_guid[:200],
+            hostname=self.hostname[:255],
+            state="live" if self.connected else "offline",
+            boot_id=self.boot_id[:64],
+            agent_version=self.agent_version[:64],
+            os=os_text.strip()[:200],
+            clone_of=(self.clone_of or "")[:401],
+        )
+
     def info(self, parent_hostname: str) -> dict[str, Any]:
         return {
             "uid": self.machine_guid,
@@ -178,6 +193,9 @@ class StreamParent:
         self._failures: dict[str, list[float]] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        # Set whenever a child connects or goes: the link (tether.agent.aclk)
+        # waits on it to announce the children to the Cloud.
+        self.changed = asyncio.Event()
 
     # -- the API's view ----------------------------------------------------
 
@@ -188,6 +206,10 @@ class StreamParent:
         named = [c for c in self.children.values() if c.hostname == name]
         named.sort(key=lambda c: (not c.connected, -c.connected_since))
         return named[0] if named else None
+
+    def child_states(self) -> list[ChildState]:
+        """Every child, as the link announces them (docs/protocol.md, children)."""
+        return [c.link_state(key) for key, c in self.children.items()]
 
     def status(self) -> dict[str, Any]:
         return {
@@ -316,6 +338,7 @@ class StreamParent:
         child.connections += 1
         child.peer = address
         child.last_error = ""
+        self.changed.set()
         log.info(
             "stream: child %s (%s) connected from %s", child.hostname, child.machine_guid, address
         )
@@ -327,6 +350,7 @@ class StreamParent:
             if child.session == session:
                 child.connected, child.writer = False, None
                 child.disconnected_at = self.wall()
+                self.changed.set()
                 log.info(
                     "stream: child %s (%s) is gone: %s", child.hostname, child.machine_guid, reason
                 )

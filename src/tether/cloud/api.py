@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.cloud import audit, bulk_remove, node_list, room_rules, space_ops, stale_nodes
+from tether.cloud import address, audit, bulk_remove, node_list, room_rules, space_ops, stale_nodes
 from tether.cloud.auth import Principal, require_user
 from tether.cloud.body import int_field, read_json
 from tether.cloud.db import Database
@@ -270,21 +270,28 @@ def list_members(c: Ctx) -> Any:
 
 @endpoint
 def add_member(c: Ctx) -> Any:
-    """Invite someone by email with a role (admin; JSON {"email", "role"}).
+    """Invite someone by email with a role (admin; JSON {"email", "role",
+    "expires_in"} seconds, 7 days by default, at most 30).
 
-    They become a member only when they accept, signed in as that email
+    They become a member only when they accept: by opening the answer's "url"
+    (an account is made then if the email has none), or signed in as that email
     (`POST /api/v1/invitations/{invitation_id}/accept`); the answer is the same
     whether or not an account has the email yet. The token is shown only here."""
     email, role = c.str_field("email"), str(c.body.get("role", "member"))
+    expires_in = c.body.get("expires_in")
     try:
-        token, inv = space_ops.invite(c.s, c.user, c.param("space_id"), email, role)
+        token, inv = space_ops.invite(c.s, c.user, c.param("space_id"), email, role, expires_in)
     except space_store.AlreadyMember as exc:
         raise ApiError(
             409,
             "ErrAlreadyMember",
             f"{exc}; change their role with PATCH {c.request.url.path}/{{user_id}}.",
         ) from None
-    return {**invitation_json(c.s, inv), "token": token}
+    settings = c.request.app.state.settings
+    base = address.url_for_page(
+        settings.public_url, settings.scheme, c.request.headers.get("host", ""), settings.url
+    )
+    return {**invitation_json(c.s, inv), "token": token, "url": space_ops.invite_url(base, token)}
 
 
 def invitation_json(s: Session, inv: SpaceInvitation) -> dict[str, Any]:
@@ -590,13 +597,15 @@ def remove_room_rule(c: Ctx) -> Any:
 @endpoint
 def list_nodes(c: Ctx) -> Any:
     """Nodes of a Space with their states (unseen, live, offline); searched,
-    filtered, sorted and paged in the database (tether.cloud.node_list). With
+    filtered (also by label, room and worst alert severity, in "alert_severity"),
+    sorted and paged in the database (tether.cloud.node_list). With
     `page` or `per_page` the total over all pages is in `X-Total-Count`."""
     params = c.request.query_params
     query = node_list.parse({k: params.getlist(k) for k in params}, paged_by_default=False)
     space = c.space()
     found, total = node_store.list_page(c.s, space.id, None, query)
-    body = [node_store.node_json(n) for n in found]
+    worst = node_store.severities(c.s, space.id, [n.id for n in found] if query.paged else None)
+    body = [{**node_store.node_json(n), "alert_severity": worst.get(n.id, "clear")} for n in found]
     if not query.paged:
         return body
     return JSONResponse(body, headers={"X-Total-Count": str(total)})

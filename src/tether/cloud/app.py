@@ -45,7 +45,7 @@ from tether.cloud.routing import make_router
 from tether.cloud.secret_store import make_secret_store
 from tether.cloud.secrets import SecretBox
 from tether.cloud.settings import CloudSettings
-from tether.cloud.web import live
+from tether.cloud.web import invitations, live
 
 log = logging.getLogger("tether.cloud")
 
@@ -148,6 +148,8 @@ def create_app(settings: CloudSettings, db: Database | None = None) -> Starlette
     # Failed claims per address (IPv6 per /64) per minute.
     app.state.claim_limiter = windows("claim", settings.claim_failures_per_minute, 60.0)
     app.state.login_limits = auth.LoginLimits(windows=windows)
+    # Wrong invite-link tokens per address per minute (tether.cloud.web.invitations).
+    app.state.invite_limiter = windows("invite", invitations.WRONG_LINKS_PER_MINUTE, 60.0)
     app.state.on_shutdown = on_shutdown
     app.state.router = router
     app.state.links = links

@@ -42,6 +42,7 @@ ACTIONS = (
     "node.removed",
     "node.marked_stale",
     "member.invited",
+    "member.invitation_revoked",
     "member.added",
     "member.removed",
     "member.role_changed",

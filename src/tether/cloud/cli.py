@@ -13,9 +13,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.cloud.settings import DEFAULT_HOST, DEFAULT_PORT, CloudSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from tether.cloud.models import Space, User
 
 log = logging.getLogger("tether.cloud")
 
@@ -242,8 +247,47 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(a: argparse.Namespace) -> CloudSettings:
-    settings = _make_settings(a)
-    if hasattr(a, "public_url"):  # serve and quickstart: the flags, else what was kept
+    """The one settings builder, for every command: each serve flag checked
+    (a command without it, such as `init` or `admin`, gets the flag's default),
+    then `--public-url`/`--san` resolved where the command has them."""
+    budget_mib = _flag(a, "relay_inflate_budget_mib", 64, 1, 65536)
+    settings = CloudSettings(
+        data_dir=a.data_dir,
+        host=getattr(a, "host", DEFAULT_HOST),
+        port=getattr(a, "port", DEFAULT_PORT),
+        database_url=a.database_url,
+        insecure_http=getattr(a, "insecure_http", False),
+        cert_file=getattr(a, "cert", None),
+        key_file=getattr(a, "key", None),
+        agent_bundle=getattr(a, "agent_bundle", None),
+        claim_failures_per_minute=getattr(a, "claim_failures_per_minute", 10),
+        trusted_proxies=_trusted_proxies(getattr(a, "trusted_proxy", [])),
+        require_proxy_header=getattr(a, "require_proxy_header", False),
+        keepalive_seconds=_flag(a, "keepalive", 20.0, 0.2, 3600),
+        nats_url=getattr(a, "nats_url", None),
+        nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
+        relay_timeout_seconds=_flag(a, "relay_timeout", 10.0, 0.1, 600),
+        alert_default_grace_seconds=_flag(a, "alert_grace_seconds", 60.0, 0, 86400),
+        auth_cache_seconds=_flag(a, "auth_cache_seconds", 5.0, 0.1, 3600),
+        relay_inflate_budget_bytes=budget_mib * 2**20,
+        relay_max_answer_bytes=_flag(a, "relay_max_answer_mib", 16, 1, budget_mib) * 2**20,
+        challenge_ttl_seconds=_flag(a, "challenge_ttl", 50.0, 1, 59),
+        resume_token_ttl_seconds=_flag(a, "resume_token_ttl", 600.0, 1, 3600),
+        auth_failures_per_minute=int(getattr(a, "auth_failures_per_minute", 5)),
+        auth_requests_per_address_per_minute=int(
+            getattr(a, "auth_requests_per_address_per_minute", 6000)
+        ),
+        history_days=_flag(a, "history_days", 30.0, 0.001, 36500, "days"),
+        node_events_per_node=_flag(a, "node_events_per_node", 1000, 1, _MANY),
+        claim_audit_rows=_flag(a, "claim_audit_rows", 100_000, 1, _MANY),
+        audit_days=_flag(a, "audit_days", 365.0, 0.001, 36500, "days"),
+        audit_rows_per_space=_flag(a, "audit_rows_per_space", 100_000, 1, _MANY),
+        min_ephemeral_ttl_seconds=_flag(a, "min_ephemeral_ttl", 60, 1, 86400),
+        header_timeout_seconds=_flag(a, "header_timeout", 10.0, 0.5, 600),
+        body_timeout_seconds=_flag(a, "body_timeout", 20.0, 0.5, 3600),
+        max_unfinished_connections=_flag(a, "max_unfinished_connections", 1000, 1),
+    )
+    if hasattr(a, "public_url"):  # serve, quickstart and init: the flags, else what was kept
         from tether.cloud.address import AddressError, resolve
 
         try:
@@ -261,76 +305,33 @@ def _settings(a: argparse.Namespace) -> CloudSettings:
     return settings
 
 
-def _make_settings(a: argparse.Namespace) -> CloudSettings:
-    return CloudSettings(
-        data_dir=a.data_dir,
-        host=getattr(a, "host", DEFAULT_HOST),
-        port=getattr(a, "port", DEFAULT_PORT),
-        database_url=a.database_url,
-        insecure_http=getattr(a, "insecure_http", False),
-        cert_file=getattr(a, "cert", None),
-        key_file=getattr(a, "key", None),
-        agent_bundle=getattr(a, "agent_bundle", None),
-        claim_failures_per_minute=getattr(a, "claim_failures_per_minute", 10),
-        trusted_proxies=_trusted_proxies(getattr(a, "trusted_proxy", [])),
-        require_proxy_header=getattr(a, "require_proxy_header", False),
-        keepalive_seconds=_positive(getattr(a, "keepalive", 20.0), "--keepalive", 0.2, 3600),
-        nats_url=getattr(a, "nats_url", None),
-        nats_subject_prefix=getattr(a, "nats_subject_prefix", "tether"),
-        relay_timeout_seconds=_positive(
-            getattr(a, "relay_timeout", 10.0), "--relay-timeout", 0.1, 600
-        ),
-        alert_default_grace_seconds=_positive(
-            getattr(a, "alert_grace_seconds", 60.0), "--alert-grace-seconds", 0, 86400
-        ),
-        auth_cache_seconds=_positive(
-            getattr(a, "auth_cache_seconds", 5.0), "--auth-cache-seconds", 0.1, 3600
-        ),
-        relay_inflate_budget_bytes=_count(
-            getattr(a, "relay_inflate_budget_mib", 64), "--relay-inflate-budget-mib", 1, 65536
-        )
-        * 2**20,
-        relay_max_answer_bytes=_count(
-            getattr(a, "relay_max_answer_mib", 16),
-            "--relay-max-answer-mib",
-            1,
-            getattr(a, "relay_inflate_budget_mib", 64),
-        )
-        * 2**20,
-        challenge_ttl_seconds=_positive(
-            getattr(a, "challenge_ttl", 50.0), "--challenge-ttl", 1, 59
-        ),
-        resume_token_ttl_seconds=_positive(
-            getattr(a, "resume_token_ttl", 600.0), "--resume-token-ttl", 1, 3600
-        ),
-        auth_failures_per_minute=int(getattr(a, "auth_failures_per_minute", 5)),
-        auth_requests_per_address_per_minute=int(
-            getattr(a, "auth_requests_per_address_per_minute", 6000)
-        ),
-        history_days=_positive(
-            getattr(a, "history_days", 30.0), "--history-days", 0.001, 36500, "days"
-        ),
-        node_events_per_node=_count(
-            getattr(a, "node_events_per_node", 1000), "--node-events-per-node"
-        ),
-        claim_audit_rows=_count(getattr(a, "claim_audit_rows", 100_000), "--claim-audit-rows"),
-        audit_days=_positive(getattr(a, "audit_days", 365.0), "--audit-days", 0.001, 36500, "days"),
-        audit_rows_per_space=_count(
-            getattr(a, "audit_rows_per_space", 100_000), "--audit-rows-per-space"
-        ),
-        min_ephemeral_ttl_seconds=_count(
-            getattr(a, "min_ephemeral_ttl", 60), "--min-ephemeral-ttl", 1, 86400
-        ),
-        header_timeout_seconds=_positive(
-            getattr(a, "header_timeout", 10.0), "--header-timeout", 0.5, 600
-        ),
-        body_timeout_seconds=_positive(
-            getattr(a, "body_timeout", 20.0), "--body-timeout", 0.5, 3600
-        ),
-        max_unfinished_connections=_at_least(
-            getattr(a, "max_unfinished_connections", 1000), "--max-unfinished-connections", 1
-        ),
-    )
+_MANY = 100_000_000  # the most rows a count flag may keep
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _flag(
+    a: argparse.Namespace,
+    dest: str,
+    default: _Number,
+    low: float,
+    high: float | None = None,
+    unit: str = "seconds",
+) -> _Number:
+    """The value of `--DEST` (`default` where the command has no such flag),
+    checked to lie between `low` and `high` (without `high`: at least `low`);
+    out of range is a CliError naming the flag. A float flag's message names
+    its `unit`."""
+    value: _Number = getattr(a, dest, default)
+    flag = "--" + dest.replace("_", "-")
+    if high is None:
+        if value < low:
+            raise CliError(f"{flag} must be at least {low} (got {value})")
+    elif not low <= value <= high:
+        if isinstance(default, float):
+            raise CliError(f"{flag} must be between {low:g} and {high:g} {unit} (got {value:g})")
+        raise CliError(f"{flag} must be between {low} and {high} (got {value})")
+    return type(default)(value)
 
 
 def _trusted_proxies(values: list[str]) -> tuple[str, ...]:
@@ -340,24 +341,6 @@ def _trusted_proxies(values: list[str]) -> tuple[str, ...]:
         return tuple(str(n) for n in parse_networks(values))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-
-
-def _at_least(value: int, flag: str, low: int) -> int:
-    if value < low:
-        raise CliError(f"{flag} must be at least {low} (got {value})")
-    return int(value)
-
-
-def _positive(value: float, flag: str, low: float, high: float, unit: str = "seconds") -> float:
-    if not low <= value <= high:
-        raise CliError(f"{flag} must be between {low:g} and {high:g} {unit} (got {value:g})")
-    return float(value)
-
-
-def _count(value: int, flag: str, low: int = 1, high: int = 100_000_000) -> int:
-    if not low <= value <= high:
-        raise CliError(f"{flag} must be between {low} and {high} (got {value})")
-    return int(value)
 
 
 def _open_db(settings: CloudSettings) -> Any:
@@ -685,6 +668,26 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     return _serve(settings, a, report)
 
 
+def _user(s: Session, email: str, hint: str = "") -> User:
+    """The account with this email, else a CliError naming it (and `hint`)."""
+    from tether.cloud.store import users as user_store
+
+    user = user_store.by_email(s, email)
+    if user is None:
+        raise CliError(f"no user with email {email}{hint}")
+    return user
+
+
+def _space(s: Session, space_id: str) -> Space:
+    """The Space with this id, else a CliError naming it."""
+    from tether.cloud.models import Space
+
+    space = s.get(Space, space_id)
+    if space is None:
+        raise CliError(f"no space with id {space_id}")
+    return space
+
+
 def _read_password(a: argparse.Namespace) -> tuple[str, bool]:
     """(password, generated)."""
     from tether.cloud.secrets import new_password
@@ -734,9 +737,7 @@ def cmd_set_password(a: argparse.Namespace) -> int:
     password, generated = _read_password(a)
     try:
         with db.session(write_lock=True) as s:
-            user = user_store.by_email(s, a.email)
-            if user is None:
-                raise CliError(f"no user with email {a.email}")
+            user = _user(s, a.email)
             user_store.set_password(s, user, password)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -751,9 +752,7 @@ def cmd_create_api_token(a: argparse.Namespace) -> int:
 
     db = _open_db(_settings(a))
     with db.session(write_lock=True) as s:
-        user = user_store.by_email(s, a.email)
-        if user is None:
-            raise CliError(f"no user with email {a.email}")
+        user = _user(s, a.email)
         token, row = user_store.create_api_token(s, user, a.name)
     print(json.dumps({"api_token": token, "prefix": row.prefix}) if a.json else token)
     return 0
@@ -763,15 +762,12 @@ def cmd_create_space(a: argparse.Namespace) -> int:
     from tether.cloud.secrets import SecretBox
     from tether.cloud.store import claim_tokens
     from tether.cloud.store import spaces as space_store
-    from tether.cloud.store import users as user_store
 
     settings = _settings(a)
     db = _open_db(settings)
     try:
         with db.session(write_lock=True) as s:
-            owner = user_store.by_email(s, a.owner)
-            if owner is None:
-                raise CliError(f"no user with email {a.owner}; create it with `admin create-user`")
+            owner = _user(s, a.owner, "; create it with `admin create-user`")
             space = space_store.create_space(s, a.name, owner)
             claim_tokens.rotate(s, SecretBox(settings.secret_key_file), space.id, owner.id)
             room_id = space_store.all_nodes_room(s, space.id).id
@@ -784,18 +780,13 @@ def cmd_create_space(a: argparse.Namespace) -> int:
 
 def cmd_add_member(a: argparse.Namespace) -> int:
     from tether.cloud import audit
-    from tether.cloud.models import Space
     from tether.cloud.store import spaces as space_store
-    from tether.cloud.store import users as user_store
 
     db = _open_db(_settings(a))
     try:
         with db.session(write_lock=True) as s:
-            user = user_store.by_email(s, a.email)
-            if user is None:
-                raise CliError(f"no user with email {a.email}")
-            if s.get(Space, a.space) is None:
-                raise CliError(f"no space with id {a.space}")
+            user = _user(s, a.email)
+            _space(s, a.space)
             before = space_store.role_of(s, a.space, user.id)
             space_store.set_member(s, a.space, user, a.role)
             if before != a.role:
@@ -808,7 +799,6 @@ def cmd_add_member(a: argparse.Namespace) -> int:
 
 
 def cmd_token(a: argparse.Namespace) -> int:
-    from tether.cloud.models import Space
     from tether.cloud.secrets import SecretBox, iso
     from tether.cloud.store import claim_tokens
 
@@ -816,8 +806,7 @@ def cmd_token(a: argparse.Namespace) -> int:
     db = _open_db(settings)
     box = SecretBox(settings.secret_key_file)
     with db.session(write_lock=True) as s:
-        if s.get(Space, a.space) is None:
-            raise CliError(f"no space with id {a.space}")
+        _space(s, a.space)
         if a.token_cmd == "rotate":  # noqa: S105 (a subcommand name, not a secret)
             expires = (
                 dt.datetime.now(dt.UTC) + dt.timedelta(seconds=a.expires_in)
@@ -840,7 +829,7 @@ def cmd_token(a: argparse.Namespace) -> int:
 def cmd_named_token(a: argparse.Namespace) -> int:
     """`token create|list|revoke`: a Space's named claiming tokens."""
     from tether.cloud import audit, stale_nodes
-    from tether.cloud.models import Space, utcnow
+    from tether.cloud.models import utcnow
     from tether.cloud.store import claim_tokens
     from tether.cloud.store import labels as label_store
 
@@ -849,8 +838,7 @@ def cmd_named_token(a: argparse.Namespace) -> int:
     action = str(a.token_cmd)
     try:
         with db.session(write_lock=action != "list") as s:
-            if s.get(Space, a.space) is None:
-                raise CliError(f"no space with id {a.space}")
+            _space(s, a.space)
             if action == "create":
                 expires = now + dt.timedelta(seconds=a.expires_in) if a.expires_in else None
                 if a.ttl is not None and not a.ephemeral:
@@ -904,15 +892,12 @@ def cmd_named_token(a: argparse.Namespace) -> int:
 def cmd_stale_policy(a: argparse.Namespace) -> int:
     """`space stale-policy`: show or set what happens to nodes long offline."""
     from tether.cloud import stale_nodes
-    from tether.cloud.models import Space
 
     db = _open_db(_settings(a))
     changing = a.off or a.after_days is not None
     try:
         with db.session(write_lock=changing) as s:
-            space = s.get(Space, a.space)
-            if space is None:
-                raise CliError(f"no space with id {a.space}")
+            space = _space(s, a.space)
             if changing:
                 days, action = stale_nodes.check_policy(None if a.off else a.after_days, a.action)
                 stale_nodes.set_policy(s, space, days, action, "cli")

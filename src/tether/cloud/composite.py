@@ -40,9 +40,10 @@ from starlette.routing import Route
 from tether.cloud.auth import require_user
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response, not_found
-from tether.cloud.models import Node, NodeRoom, Room, SpaceMember
+from tether.cloud.models import Node, NodeRoom, Room
 from tether.cloud.relay import RelayBusy, inflate, relay_budget
 from tether.cloud.routing import NodeNotConnected, RelayTimeout, Router, RoutingError
+from tether.cloud.store import spaces as space_store
 from tether.protocol.frames import BodyTooLarge, ProtocolError, QueryRequest
 from tether.protocol.states import NodeState
 
@@ -102,9 +103,9 @@ def _room_nodes(db: Database, user_id: str, room_id: str) -> list[tuple[str, str
     its Space, else None."""
     with db.session() as s:
         room = s.execute(
-            select(Room.id, Room.space_id, Room.is_all_nodes)
-            .join(SpaceMember, SpaceMember.space_id == Room.space_id)
-            .where(Room.id == room_id, SpaceMember.user_id == user_id)
+            select(Room.id, Room.space_id, Room.is_all_nodes).where(
+                Room.id == room_id, space_store.member_of(user_id, Room.space_id)
+            )
         ).first()
         if room is None:
             return None

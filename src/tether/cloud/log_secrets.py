@@ -37,7 +37,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
     (re.compile(r"\b(tether_session=)[^;\s&]+"), rf"\1{REDACTED}"),
-    (re.compile(r"\b(t[a-z]t_[a-z0-9]{8}_)[A-Za-z0-9_-]{20,}"), rf"\1{REDACTED}"),
+    (re.compile(r"\b((?:t[a-z]t|tin)_[a-z0-9]{8}_)[A-Za-z0-9_-]{20,}"), rf"\1{REDACTED}"),
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@"), rf"\1{REDACTED}@"),
     # The same URL percent-encoded in a query string (the access log).
     (re.compile(r"(?i)(%3A%2F%2F[^\s&/]*?%3A)[^\s&/]*?%40"), rf"\1{REDACTED}%40"),

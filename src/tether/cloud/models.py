@@ -196,6 +196,15 @@ class Node(Base):
     clone_conflict: Mapped[str | None] = mapped_column(Text)  # JSON text
     clone_conflict_at: Mapped[dt.datetime | None]
     clone_takeover_machine_id: Mapped[str | None] = mapped_column(String(64))
+    # Children (tether.cloud.children; migration 0011): the parent whose link
+    # carries this node, the parent's name for it, the child it is a clone of.
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("nodes.id", ondelete="SET NULL", name="fk_nodes_parent_id"),
+        nullable=True,
+        index=True,
+    )
+    child_key: Mapped[str | None] = mapped_column(String(401))
+    clone_of: Mapped[str | None] = mapped_column(String(36))
 
     rooms: Mapped[list[Room]] = relationship(secondary="node_rooms", lazy="selectin")
 

@@ -54,7 +54,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/spaces/{space_id}"): _NAME,
     ("POST", "/api/v1/spaces/{space_id}/members"): {
         "type": "object",
-        "properties": {"email": {"type": "string"}, "role": _ROLE},
+        "properties": {
+            "email": {"type": "string"},
+            "role": _ROLE,
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": 30 * 86400},
+        },
         "required": ["email"],
     },
     ("PATCH", "/api/v1/spaces/{space_id}/members/{user_id}"): {
@@ -139,6 +143,9 @@ QUERIES: dict[tuple[str, str], list[str]] = {
         "state",
         "os",
         "agent_version",
+        "label",
+        "room",
+        "severity",
         "sort",
         "order",
         "page",

@@ -38,13 +38,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tether.cloud import children
 from tether.cloud.auth import Principal, auth_cache, require_user_with
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response, not_found
 from tether.cloud.limits import Budget, LogLimiter
-from tether.cloud.models import Node, SpaceMember
+from tether.cloud.models import Node
 from tether.cloud.routing import NodeNotConnected, RelayTimeout, Router, RoutingError
 from tether.cloud.secrets import iso
+from tether.cloud.store import spaces as space_store
 from tether.protocol.frames import (
     BodyTooLarge,
     ProtocolError,
@@ -194,9 +196,9 @@ def _presence(db: Database, user_id: str, node_id: str) -> dict[str, Any] | None
     """The node's presence if `user_id` is a member of its Space, else None."""
     with db.session() as s:
         row = s.execute(
-            select(Node.state, Node.state_since, Node.state_cause)
-            .join(SpaceMember, SpaceMember.space_id == Node.space_id)
-            .where(Node.id == node_id, SpaceMember.user_id == user_id)
+            select(Node.state, Node.state_since, Node.state_cause).where(
+                Node.id == node_id, space_store.member_of(user_id, Node.space_id)
+            )
         ).first()
     if row is None:
         return None
@@ -244,9 +246,16 @@ async def relay(request: Request) -> Response:
         return error_response(414, "ErrQueryTooLong", f"Keep the query under {MAX_QUERY} bytes.")
     router: Router = request.app.state.router
     timeout: float = request.app.state.settings.relay_timeout_seconds
+    # A child (tether.cloud.children) is asked through its parent's link.
+    known, via = children.cached_route(node_id, time.monotonic())
+    if not known:
+        via = await run_in_threadpool(
+            children.route, request.app.state.db, node_id, time.monotonic()
+        )
+    target, prefix = via if via is not None else (node_id, "")
     try:
         answer = await router.request(
-            node_id, QueryRequest(id=0, path=f"/api/v1/{name}", query=query), timeout
+            target, QueryRequest(id=0, path=f"{prefix}/api/v1/{name}", query=query), timeout
         )
     except NodeNotConnected:
         # Only now read the node's state: the message says since when and why.

@@ -406,10 +406,26 @@ def seal_challenge(s: Session, node_id: str) -> bytes | None:
     Read-only; run in batches (tether.cloud.batching), so a storm of
     challenges shares a few pooled connections instead of one each."""
     public_key_pem = s.scalar(select(Node.public_key_pem).where(Node.id == node_id))
-    return None if public_key_pem is None else public_key_pem.encode()
+    # "": a child (tether.cloud.children) has no key: only its parent links.
+    return public_key_pem.encode() if public_key_pem else None
 
 
-class MemorySecretStore:
+class _ResumeTokensOf:
+    """Resume tokens are rows in both stores: both hand them to `ResumeTokens`."""
+
+    resume: ResumeTokens
+
+    def resume_grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
+        return self.resume.grant(node_id, revoke_others)
+
+    async def issue_resume_tokens(self, node_ids: list[str]) -> dict[str, str]:
+        return await self.resume.issue_many(node_ids)
+
+    async def consume_resume_token(self, node_id: str, token: str) -> bool:
+        return await self.resume.consume(node_id, token)
+
+
+class MemorySecretStore(_ResumeTokensOf):
     """The secrets of a single-process Cloud, in memory (`OneTimeSecrets`)."""
 
     def __init__(
@@ -449,15 +465,6 @@ class MemorySecretStore:
     async def consume_link_token(self, token: str) -> str | None:
         return self.book.consume_token(token)
 
-    def resume_grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
-        return self.resume.grant(node_id, revoke_others)
-
-    async def issue_resume_tokens(self, node_ids: list[str]) -> dict[str, str]:
-        return await self.resume.issue_many(node_ids)
-
-    async def consume_resume_token(self, node_id: str, token: str) -> bool:
-        return await self.resume.consume(node_id, token)
-
     async def forget_node(self, node_id: str) -> None:
         self.book.forget_node(node_id)
 
@@ -484,7 +491,7 @@ def db_issue_challenge(
         public_key_pem = s.scalar(
             select(Node.public_key_pem).where(Node.id == node_id).with_for_update()
         )
-        if public_key_pem is None:
+        if not public_key_pem:  # "": a child, which never authenticates itself
             raise UnknownNode(node_id)
         rows = s.execute(
             select(NodeChallenge.address, NodeChallenge.expires_at).where(
@@ -569,7 +576,7 @@ def purge_expired(db: Database, now: dt.datetime | None = None) -> None:
         s.execute(delete(LinkToken).where(LinkToken.expires_at < now))
 
 
-class DatabaseSecretStore:
+class DatabaseSecretStore(_ResumeTokensOf):
     """The secrets of Cloud processes sharing the database, as rows."""
 
     def __init__(
@@ -596,15 +603,6 @@ class DatabaseSecretStore:
 
     async def consume_link_token(self, token: str) -> str | None:
         return await run_in_threadpool(consume_link_token, self.db, token, self.now())
-
-    def resume_grant(self, node_id: str, revoke_others: bool) -> ResumeGrant:
-        return self.resume.grant(node_id, revoke_others)
-
-    async def issue_resume_tokens(self, node_ids: list[str]) -> dict[str, str]:
-        return await self.resume.issue_many(node_ids)
-
-    async def consume_resume_token(self, node_id: str, token: str) -> bool:
-        return await self.resume.consume(node_id, token)
 
     async def forget_node(self, node_id: str) -> None:
         return None  # the node's rows went with it (ON DELETE CASCADE)

@@ -105,23 +105,78 @@ def rotate_claim_token(
 
 
 def invite(
-    s: Session, actor: Principal, space_id: str, email: str, role: str
+    s: Session,
+    actor: Principal,
+    space_id: str,
+    email: str,
+    role: str,
+    expires_in: object = None,
 ) -> tuple[str, SpaceInvitation]:
-    """Invite `email` with `role` (admin); the same answer whether or not an
-    account has that email. Returns (token, invitation)."""
+    """Invite `email` with `role` (admin), valid for `expires_in` seconds (7
+    days when None); the same answer whether or not an account has that
+    email. Returns (token, invitation): the token is the invite link's."""
     space, _ = require_role(s, space_id, actor.user_id, "admin")
-    token, inv = space_store.invite(s, space.id, email, role, actor.user_id, utcnow())
-    audit.record(s, space.id, actor.email, "member.invited", inv.email, {"role": role})
+    lifetime = space_store.INVITATION_LIFETIME
+    if expires_in is not None:
+        longest = int(space_store.MAX_INVITATION_LIFETIME.total_seconds())
+        if (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, int)
+            or not 1 <= expires_in <= longest
+        ):
+            raise ValueError(f'"expires_in" must be a whole number of seconds, 1 to {longest}')
+        lifetime = dt.timedelta(seconds=expires_in)
+    token, inv = space_store.invite(s, space.id, email, role, actor.user_id, utcnow(), lifetime)
+    audit.record(
+        s,
+        space.id,
+        actor.email,
+        "member.invited",
+        inv.email,
+        {"role": role, "prefix": inv.prefix, "expires_at": iso(inv.expires_at)},
+    )
     log.info(
         "invitation %s to space %s (role %s) made by %s", inv.prefix, space.id, role, actor.email
     )
     return token, inv
 
 
+def invite_url(cloud_url: str, token: str) -> str:
+    """The link the invitee opens (web/invitations.py), shown to the admin once."""
+    return f"{cloud_url.rstrip('/')}/invite/{token}"
+
+
 def revoke_invitation(s: Session, actor: Principal, space_id: str, invitation_id: str) -> None:
     space, _ = require_role(s, space_id, actor.user_id, "admin")
-    if not space_store.revoke_invitation(s, space.id, invitation_id, utcnow()):
+    inv = space_store.revoke_invitation(s, space.id, invitation_id, utcnow())
+    if inv is None:
         raise NotFound("Open invitation")
+    audit.record(
+        s, space.id, actor.email, "member.invitation_revoked", inv.email, {"prefix": inv.prefix}
+    )
+    log.info("invitation %s to space %s revoked by %s", inv.prefix, space.id, actor.email)
+
+
+def join_with_new_account(s: Session, inv: SpaceInvitation, name: str, password_hash: str) -> User:
+    """The invite link's invitee without an account: the account is made now,
+    a member with the invited role (store/spaces.py); InvitationClosed,
+    AccountExists or ValueError (the name) otherwise."""
+    user = space_store.join_with_new_account(s, inv, name, password_hash, utcnow())
+    audit.record(
+        s,
+        inv.space_id,
+        user.email,
+        "member.added",
+        user.email,
+        {"role": inv.role, "via": "invite link", "new_account": True, "prefix": inv.prefix},
+    )
+    log.info(
+        "invitation %s to space %s used to make the account %s",
+        inv.prefix,
+        inv.space_id,
+        user.email,
+    )
+    return user
 
 
 def answer_invitation(

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
+
+from tether.protocol.decoding import decode_versioned
 
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_SIZE: Final = 4 * 1024 * 1024
@@ -78,6 +80,9 @@ class HelloAck(_Frame, tag="hello_ack", kw_only=True):
     # `resume_expires_in` seconds; "" when the agent did not offer "resume".
     resume_token: str = ""
     resume_expires_in: float = 0.0
+    # What the Cloud speaks beyond v1's frames ("children": it takes
+    # ChildrenUpdate). Absent from a Cloud that predates the field: then [].
+    capabilities: list[str] = msgspec.field(default_factory=list)
 
 
 class NodeUpdate(_Frame, tag="node_update", kw_only=True):
@@ -88,6 +93,42 @@ class NodeUpdate(_Frame, tag="node_update", kw_only=True):
     agent_version: str | None = None
     charts: ChartsSummary | None = None
     labels: dict[str, str] | None = None  # the whole new set of `[host labels]`
+
+
+# A parent announces its children (docs/protocol.md, children). One frame
+# carries at most this many; a parent with more sends several.
+MAX_CHILDREN_PER_FRAME: Final = 1000
+CHILDREN_CAPABILITY: Final = "children"
+# A child's states. The list may grow (an addition keeps `v`): a receiver
+# skips an entry whose state it does not know instead of refusing the frame.
+CHILD_STATES: Final[tuple[str, ...]] = ("live", "offline", "removed")
+
+
+class ChildState(msgspec.Struct, kw_only=True):
+    """One child agent streaming to the parent that sends this."""
+
+    # The parent's name for the child, unique among its children: the machine
+    # GUID, or GUID~HOSTNAME for a second host using that GUID (a clone).
+    # Queries for it go to the parent's /host/ID/api/v1/...
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=401)]
+    machine_guid: Annotated[str, msgspec.Meta(max_length=200)]
+    hostname: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    state: Annotated[str, msgspec.Meta(max_length=16)]
+    boot_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    agent_version: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    os: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # The id of the child whose GUID this one also uses ("" when none).
+    clone_of: Annotated[str, msgspec.Meta(max_length=401)] = ""
+
+
+class ChildrenUpdate(_Frame, tag="children", kw_only=True):
+    """Agent to Cloud, only after a HelloAck with "children" in capabilities:
+    its children's states. `full`: the whole set (children not named are gone)."""
+
+    children: Annotated[list[ChildState], msgspec.Meta(max_length=MAX_CHILDREN_PER_FRAME)] = (
+        msgspec.field(default_factory=list)
+    )
+    full: bool = False
 
 
 class AlertTransition(_Frame, tag="alert", kw_only=True):
@@ -180,6 +221,7 @@ Frame = (
     | Reload
     | Goodbye
     | ErrorFrame
+    | ChildrenUpdate
 )
 
 FRAME_TYPES: Final[tuple[type[_Frame], ...]] = (
@@ -193,6 +235,7 @@ FRAME_TYPES: Final[tuple[type[_Frame], ...]] = (
     Reload,
     Goodbye,
     ErrorFrame,
+    ChildrenUpdate,
 )
 
 
@@ -214,17 +257,14 @@ def decode(data: bytes, max_size: int = MAX_FRAME_SIZE) -> Frame:
     """Decode one frame, raising ProtocolError with a reason on any fault."""
     if len(data) > max_size:
         raise ProtocolError(f"frame of {len(data)} bytes exceeds the {max_size} byte limit", 1009)
-    try:
-        frame = _decoder.decode(data)
-    except RecursionError:  # msgspec recurses per level, also to skip an unknown field
-        raise ProtocolError("malformed frame: values nest too deep") from None
-    except (msgspec.MsgspecError, ValueError) as exc:  # bad UTF-8 raises ValueError
-        raise ProtocolError(_explain(data, exc)) from None
-    if frame.v != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"unsupported protocol version {frame.v} (this side speaks {PROTOCOL_VERSION})"
-        )
-    return frame
+    return decode_versioned(
+        _decoder,
+        data,
+        version=PROTOCOL_VERSION,
+        speaks="protocol",
+        error=ProtocolError,
+        explain=_explain,
+    )
 
 
 def _explain(data: bytes, exc: Exception) -> str:

@@ -22,6 +22,7 @@ from typing import Final
 from tether.protocol.frames import (
     MAX_FRAME_SIZE,
     AlertTransition,
+    ChildrenUpdate,
     Disconnect,
     ErrorFrame,
     Frame,
@@ -122,7 +123,14 @@ def _allowed(role: Role, state: LinkState) -> tuple[type, ...]:
         return {
             LinkState.IDLE: (Hello,),
             LinkState.HELLO_SENT: (Goodbye, ErrorFrame),
-            LinkState.READY: (NodeUpdate, AlertTransition, QueryResponse, ErrorFrame, Goodbye),
+            LinkState.READY: (
+                NodeUpdate,
+                AlertTransition,
+                QueryResponse,
+                ErrorFrame,
+                Goodbye,
+                ChildrenUpdate,  # only to a Cloud whose HelloAck offered "children"
+            ),
         }.get(state, ())
     return {
         LinkState.HELLO_RECEIVED: (HelloAck, Disconnect, ErrorFrame),

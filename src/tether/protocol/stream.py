@@ -27,6 +27,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from tether.protocol.decoding import decode_versioned
+
 STREAM_VERSION: Final = 1
 MAX_FRAME_SIZE: Final = 1024 * 1024
 MAX_CHARTS: Final = 5_000
@@ -141,17 +143,14 @@ def encode(frame: Frame) -> bytes:
 
 def decode_body(body: bytes) -> Frame:
     """Decode one frame's body (no length prefix), raising StreamError."""
-    try:
-        frame = _decoder.decode(body)
-    except RecursionError:
-        raise StreamError("malformed frame: values nest too deep") from None
-    except (msgspec.MsgspecError, ValueError) as exc:
-        raise StreamError(f"malformed frame: {str(exc)[:200]}") from None
-    if frame.v != STREAM_VERSION:
-        raise StreamError(
-            f"unsupported stream version {frame.v} (this side speaks {STREAM_VERSION})"
-        )
-    return frame
+    return decode_versioned(
+        _decoder,
+        body,
+        version=STREAM_VERSION,
+        speaks="stream",
+        error=StreamError,
+        explain=lambda _, exc: f"malformed frame: {str(exc)[:200]}",
+    )
 
 
 class Role(enum.Enum):

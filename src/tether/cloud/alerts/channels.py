@@ -172,6 +172,12 @@ def _send_email(item: Claimed, timeout: float) -> None:
     msg["Message-ID"] = f"<{item.key}@tether>"
     msg["Idempotency-Key"] = item.key
     msg.set_content(text + f"\n\nIdempotency key: {item.key}\n")
+    send_smtp(cfg, item.secret, msg, timeout)
+
+
+def send_smtp(cfg: dict[str, Any], password: str | None, msg: EmailMessage, timeout: float) -> None:
+    """Hand `msg` to the SMTP server of an email config (host, port, starttls
+    (default on), username, ca_pem); raises what smtplib, ssl or the socket raise."""
     ctx = ssl.create_default_context(cadata=cfg.get("ca_pem") or None)
     with smtplib.SMTP(cfg["host"], int(cfg["port"]), timeout=timeout) as smtp:
         smtp.ehlo()
@@ -179,5 +185,5 @@ def _send_email(item: Claimed, timeout: float) -> None:
             smtp.starttls(context=ctx)
             smtp.ehlo()
         if cfg.get("username"):
-            smtp.login(cfg["username"], item.secret or "")
+            smtp.login(cfg["username"], password or "")
         smtp.send_message(msg)

@@ -154,6 +154,10 @@ def _raise_one(s: Session, node_id: str, now: dt.datetime) -> Alert | None:
     )
     if open_alert is not None:
         return None  # one alert per incident
+    if node.parent_id is not None:
+        parent = s.get(Node, node.parent_id)
+        if parent is not None and parent.state != NodeState.LIVE:
+            return None  # a child of an offline parent: the parent's alert is the one
     summary = f"{node.hostname} is unreachable: {watch.cause or 'offline'}"
     if watch.expected_back_at is not None:
         back = aware(watch.expected_back_at).isoformat()

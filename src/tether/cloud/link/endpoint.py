@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from tether.cloud import agent_labels
+from tether.cloud import agent_labels, children
 from tether.cloud import node_metadata as meta
 from tether.cloud.batching import GroupCommit
 from tether.cloud.client import client_address
@@ -50,7 +50,9 @@ from tether.cloud.settings import CloudSettings
 from tether.cloud.store import nodes as node_store
 from tether.protocol import auth, states
 from tether.protocol.frames import (
+    CHILDREN_CAPABILITY,
     AlertTransition,
+    ChildrenUpdate,
     Disconnect,
     ErrorFrame,
     Frame,
@@ -108,6 +110,7 @@ class LiveLink:
     planned_reason: str | None = None  # the Goodbye's reason: a planned stop
     recorded_offline: bool = False
     closed: bool = False
+    announced_children: bool = False  # a parent: its children follow its link
 
     def __post_init__(self) -> None:
         # One bound method object, so the router can tell this link's handler
@@ -469,6 +472,7 @@ class Endpoint:
             cloud_time=time.time(),
             resume_token=grant.token if grant else "",
             resume_expires_in=self.settings.resume_token_ttl_seconds if grant else 0.0,
+            capabilities=[CHILDREN_CAPABILITY],
         )
         await link.send(conn.send(ack))
         pending.done()
@@ -700,6 +704,13 @@ class Endpoint:
             await run_in_threadpool(db_node_update, self.db, link.node_id, frame)
         elif isinstance(frame, AlertTransition):
             self._write_alert(link.node_id, frame)
+        elif isinstance(frame, ChildrenUpdate):
+            link.announced_children = True
+            record = children.ChildrenRecord(link.node_id, link.session_id, frame)
+            try:
+                await run_in_threadpool(children.db_children_update, self.db, record)
+            except Exception:
+                log.exception("ACLK node %s: could not record its children", link.node_id)
         elif isinstance(frame, Goodbye):
             back = meta.clean_seconds(frame.expected_back_seconds)
             link.cause = f"goodbye: agent {frame.reason}" + (
@@ -752,6 +763,11 @@ class Endpoint:
             )
         except Exception:
             log.exception("ACLK node %s: could not record the link closing", link.node_id)
+        if link.announced_children:  # a parent gone: its children go too
+            try:
+                await run_in_threadpool(children.db_parent_offline, self.db, link.node_id)
+            except Exception:
+                log.exception("ACLK node %s: could not record its children offline", link.node_id)
 
 
 def _budget_kind(link: LiveLink, frame: Frame) -> str | None:
@@ -759,7 +775,7 @@ def _budget_kind(link: LiveLink, frame: Frame) -> str | None:
     the Cloud is waiting for and for Goodbye."""
     if isinstance(frame, AlertTransition):
         return "alert"
-    if isinstance(frame, NodeUpdate):
+    if isinstance(frame, NodeUpdate | ChildrenUpdate):  # a parent sends <= 1 a second
         return "node_update"
     if isinstance(frame, QueryResponse | ErrorFrame) and frame.id is not None:
         fut = link.waiting.get(frame.id)

@@ -15,11 +15,11 @@ from starlette.concurrency import run_in_threadpool
 
 from tether.cloud.link import presence, processes
 from tether.cloud.link.endpoint import Endpoint
-from tether.cloud.link.sweeper import Sweeper
+from tether.cloud.link.sweeper import Sweeper, close_removed
 from tether.cloud.routing import DISCONNECT, REMOVE, ControlCommand
 from tether.protocol import auth, states
 from tether.protocol.frames import Disconnect
-from tether.protocol.link import CLOSE_NODE_REMOVED, CLOSE_NORMAL, LinkState
+from tether.protocol.link import CLOSE_NORMAL, LinkState
 
 log = logging.getLogger("tether.cloud.link")
 
@@ -33,6 +33,7 @@ class LinkService(Endpoint):
     started and stopped with its sweeper, and the commands other parts give it."""
 
     _sweeping: asyncio.Task[None] | None = None
+    _lease: processes.Lease | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -40,6 +41,9 @@ class LinkService(Endpoint):
         self.router.set_control_handler(self._on_control)
         await self.router.start()
         description = f"{socket.gethostname()} pid {os.getpid()}"
+        # The lease first: a process beating without one would look dead.
+        self._lease = processes.Lease(self.db, self.process_id)
+        await run_in_threadpool(self._lease.keep)
         await run_in_threadpool(processes.db_heartbeat, self.db, self.process_id, description)
         if self.settings.nats_url:
             grace = processes.grace_seconds(self.keepalive)
@@ -53,7 +57,7 @@ class LinkService(Endpoint):
                 "%d node(s) whose links died with an earlier Cloud process are offline",
                 len(changed),
             )
-        self._sweeping = Sweeper(self).start(description)
+        self._sweeping = Sweeper(self).start(description, self._lease)
 
     async def stop(self) -> None:
         """Close every link (Disconnect with the Cloud's reconnect spread, then
@@ -129,6 +133,8 @@ class LinkService(Endpoint):
             await run_in_threadpool(processes.db_forget_process, self.db, self.process_id)
         except Exception:
             log.exception("could not record the links closed at shutdown")
+        if self._lease is not None:
+            await run_in_threadpool(self._lease.release)
 
     # -- node removal -------------------------------------------------------------
 
@@ -148,24 +154,11 @@ class LinkService(Endpoint):
     async def _on_control(self, command: ControlCommand) -> bool:
         """A command for a link this process may hold (see routing.ControlCommand)."""
         if command.action == REMOVE:
-            return await self._close_removed(command.node_id)
+            return await close_removed(self, command.node_id)
         if command.action == DISCONNECT:
             return await self._disconnect_here(command.node_id, command.delay, command.text)
         log.warning("ignoring an unknown link command %r", command.action)
         return False
-
-    async def _close_removed(self, node_id: str) -> bool:
-        link = self.links.get(node_id)
-        if link is None or link.closed:
-            return False
-        log.info("ACLK node %s was removed: closing its link", node_id)
-        await link.close(
-            CLOSE_NODE_REMOVED,
-            "node removed from its Space",
-            "node removed",
-            states.CAUSE_REMOVED,
-        )
-        return True
 
     async def _disconnect_here(self, node_id: str, delay: float | None, text: str) -> bool:
         link = self.links.get(node_id)

@@ -1,6 +1,7 @@
 """The link sweeper: every keepalive interval (at most 30 s) it beats this
-process's heartbeat, offlines the nodes of Cloud processes that stopped
-beating, closes local links whose node was removed (4003) or taken over by a
+process's heartbeat (and every second keeps its lease, processes.Lease),
+offlines the nodes of dead Cloud processes ("Cloud process lost"), closes
+local links whose node was removed (4003, `close_removed`) or taken over by a
 newer link on another process (4009), prunes the history
 (tether.cloud.retention), removes stale and ephemeral nodes
 (tether.cloud.stale_nodes), purges expired one-time secrets and forgets idle
@@ -27,6 +28,24 @@ log = logging.getLogger("tether.cloud.link")
 PRUNE_EVERY = 10.0  # seconds between history prunes at most (tether.cloud.retention)
 
 
+async def close_removed(endpoint: Endpoint, node_id: str) -> bool:
+    """Close this process's link of a node that was removed (4003), if it
+    holds one; whether it did. The one place that does it: the sweep (a
+    removal it finds), the stale and ephemeral reaping, and a removal routed
+    here (LinkService, tether.cloud.routing REMOVE)."""
+    link = endpoint.links.get(node_id)
+    if link is None or link.closed:
+        return False
+    log.info("ACLK node %s was removed: closing its link", node_id)
+    await link.close(
+        CLOSE_NODE_REMOVED,
+        "node removed from its Space",
+        "node removed",
+        states.CAUSE_REMOVED,
+    )
+    return True
+
+
 class Sweeper:
     """The periodic sweep over one Endpoint's live-link table."""
 
@@ -45,11 +64,29 @@ class Sweeper:
         # What the reaping of stale and ephemeral nodes decides by (injectable).
         self.wall_clock = utcnow
 
-    def start(self, description: str) -> asyncio.Task[None]:
-        """Sweep every keepalive interval until the task is cancelled; hear of
-        takeovers by other processes meanwhile."""
+    def start(self, description: str, lease: processes.Lease) -> asyncio.Task[None]:
+        """Sweep every keepalive interval until the task is cancelled, keeping
+        this process's lease (processes.Lease) every second meanwhile; hear of
+        takeovers by other processes."""
         self.endpoint.router.subscribe_takeover(self.taken_over)
-        return asyncio.create_task(self._sweep_forever(description))
+        return asyncio.create_task(self._run(description, lease))
+
+    async def _run(self, description: str, lease: processes.Lease) -> None:
+        keeping = asyncio.create_task(self._keep_lease_forever(lease))
+        try:
+            await self._sweep_forever(description)
+        finally:
+            keeping.cancel()
+
+    async def _keep_lease_forever(self, lease: processes.Lease) -> None:
+        while True:
+            try:
+                await run_in_threadpool(lease.keep)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not keep this process's lease")
+            await asyncio.sleep(processes.LEASE_EVERY_SECONDS)
 
     async def _sweep_forever(self, description: str) -> None:
         interval = processes.sweep_interval(self.endpoint.keepalive)
@@ -90,13 +127,7 @@ class Sweeper:
             if self.endpoint.links.get(node_id) is not link or link.closed:
                 continue
             if node_id not in current:
-                log.info("ACLK node %s was removed: closing its link", node_id)
-                await link.close(
-                    CLOSE_NODE_REMOVED,
-                    "node removed from its Space",
-                    "node removed",
-                    states.CAUSE_REMOVED,
-                )
+                await close_removed(self.endpoint, node_id)
             elif current[node_id] is None:
                 # Marked offline while its link is up here (this process was
                 # slow to beat): the link table is the truth, so say so again.
@@ -137,14 +168,7 @@ class Sweeper:
                 reaped.stale_marked,
             )
         for node_id in reaped.removed:  # a link that came up meanwhile: 4003
-            link = self.endpoint.links.get(node_id)
-            if link is not None and not link.closed:
-                await link.close(
-                    CLOSE_NODE_REMOVED,
-                    "node removed from its Space",
-                    "node removed",
-                    states.CAUSE_REMOVED,
-                )
+            await close_removed(self.endpoint, node_id)
 
     def _forget_idle_budgets(self) -> None:
         for node_id, budget in list(self.endpoint.budgets.items()):

@@ -68,21 +68,32 @@ def rotate(
         )
         .values(revoked_at=now, revoked_by="rotation")
     )
-    token, prefix = new_token(CLAIM_KIND)
-    row = ClaimToken(
+    return _add(
+        s,
+        box,
         space_id=space_id,
         name=DEFAULT_NAME,
         is_default=True,
-        prefix=prefix,
-        token_hash=sha256_hex(token),
-        token_encrypted=box.seal(token),
         created_at=now,
         expires_at=expires_at,
         created_by=created_by,
-        uses=0,
         rooms="[]",
         labels="{}",
         ephemeral=False,
+    )
+
+
+def _add(s: Session, box: SecretBox | None, **fields: Any) -> tuple[str, ClaimToken]:
+    """A new token row with `fields`; returns (token in clear, row). Its
+    secret is made here and stored only as a hash (and, with `box`, sealed:
+    the default token Connect Nodes shows again)."""
+    token, prefix = new_token(CLAIM_KIND)
+    row = ClaimToken(
+        prefix=prefix,
+        token_hash=sha256_hex(token),
+        token_encrypted=box.seal(token) if box is not None else None,
+        uses=0,
+        **fields,
     )
     s.add(row)
     s.flush()
@@ -161,27 +172,21 @@ def create(
         raise ValueError(f"max_uses must be 1 to {MAX_USES}, or left out for no limit.")
     room_ids = _room_ids(s, space_id, rooms)
     clean_labels = label_store.check_labels(labels)
-    token, prefix = new_token(CLAIM_KIND)
-    row = ClaimToken(
+    return _add(
+        s,
+        None,
         space_id=space_id,
         name=clean_name,
         is_default=False,
-        prefix=prefix,
-        token_hash=sha256_hex(token),
-        token_encrypted=None,
         created_at=utcnow(),
         expires_at=expires_at,
         created_by=created_by,
         max_uses=max_uses,
-        uses=0,
         ephemeral=ephemeral,
         ephemeral_ttl_seconds=(ephemeral_ttl or DEFAULT_EPHEMERAL_TTL) if ephemeral else None,
         rooms=json.dumps(room_ids),
         labels=json.dumps(clean_labels, sort_keys=True),
     )
-    s.add(row)
-    s.flush()
-    return token, row
 
 
 def of_space(s: Session, space_id: str, include_revoked: bool = True) -> list[ClaimToken]:

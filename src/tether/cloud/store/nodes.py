@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from tether.cloud import node_lifecycle, node_list
-from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, SpaceMember, utcnow
+from tether.cloud import child_fields, node_lifecycle, node_list
+from tether.cloud.models import Node, NodeEvent, NodeRoom, Room, utcnow
 from tether.cloud.secrets import aware, iso
+from tether.cloud.store import spaces as space_store
 from tether.protocol.states import NodeState
 
 PRUNE_BATCH = 5000  # rows per DELETE, so the write lock is held briefly
@@ -126,11 +127,11 @@ def in_space(s: Session, space_id: str, node_id: str) -> Node | None:
 
 def visible_to(s: Session, user_id: str, node_id: str) -> Node | None:
     """The node if `user_id` is a member (any role) of its Space, else None."""
-    node = s.get(Node, node_id.lower())
-    if node is None:
-        return None
-    member = s.get(SpaceMember, (node.space_id, user_id))
-    return node if member is not None else None
+    return s.scalar(
+        select(Node).where(
+            Node.id == node_id.lower(), space_store.member_of(user_id, Node.space_id)
+        )
+    )
 
 
 def of_space(s: Session, space_id: str) -> list[Node]:
@@ -210,6 +211,8 @@ def node_json(node: Node) -> dict[str, Any]:
         "stale_marked_at": iso(node.stale_marked_at),
         # Key age, planned stop, clone conflict (issue 13).
         **node_lifecycle.fields(node),
+        # A child streaming to a parent (tether.cloud.children): parent_id, via, clone_of.
+        **child_fields.fields(node),
     }
 
 
@@ -229,13 +232,23 @@ def event_json(ev: NodeEvent) -> dict[str, Any]:
 def list_page(
     s: Session, space_id: str, room_id: str | None, query: node_list.NodeQuery
 ) -> tuple[list[Node], int]:
-    """One page of a Space's (or room's) nodes and how many match in all."""
+    """One page of a Space's (or room's) nodes and how many match in all;
+    node_list.BadQuery when a `room` filter is not a room of the Space."""
+    if query.rooms:
+        have = set(s.scalars(node_list.rooms_select(space_id, query)))
+        node_list.check_rooms(space_id, query, have)
     found = list(s.scalars(node_list.page_select(space_id, room_id, query)))
     if query.paged and (query.page > 1 or len(found) == query.per_page):
         total = int(s.scalar(node_list.count_select(space_id, room_id, query)) or 0)
     else:  # the whole answer is on this page: no second query
         total = query.offset + len(found)
     return found, total
+
+
+def severities(s: Session, space_id: str, node_ids: list[str] | None) -> dict[str, str]:
+    """node id -> its worst active alert (critical, warning, clear), in one
+    statement (node_list.severity_select); every node of the Space when None."""
+    return {nid: sev for nid, sev in s.execute(node_list.severity_select(space_id, node_ids))}
 
 
 def facets(s: Session, space_id: str, room_id: str | None) -> dict[str, list[tuple[str, int]]]:

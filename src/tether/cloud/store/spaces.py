@@ -5,6 +5,11 @@ A Space admin adds people by invitation: nobody becomes a member of a Space
 email. Otherwise anyone could put their own node in front of someone else's
 browser. Only the Cloud's operator (`tether-cloud admin add-member`) adds a
 member directly.
+
+An invitation's token is also its link (`/invite/TOKEN`): someone without an
+account opens it and sets a password, and only then is their account made
+(`join_with_new_account`); an email that has an account accepts after signing in.
+Only the token's SHA-256 is stored, compared in constant time.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tether.cloud.models import Room, Space, SpaceInvitation, SpaceMember, User
 from tether.cloud.secrets import aware, new_token, same_hash, sha256_hex, token_prefix
@@ -102,6 +107,12 @@ def role_of(s: Session, space_id: str, user_id: str) -> str | None:
     )
 
 
+def member_of(user_id: str, space_id: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+    """The one membership rule as SQL, for a query over a Space's nodes or
+    rooms: `user_id` is a member (any role) of the Space `space_id` names."""
+    return exists().where(SpaceMember.space_id == space_id, SpaceMember.user_id == user_id)
+
+
 def spaces_of(s: Session, user_id: str) -> list[tuple[Space, str]]:
     rows = s.execute(
         select(Space, SpaceMember.role)
@@ -147,6 +158,7 @@ def remove_member(s: Session, space_id: str, user_id: str) -> bool:
 
 INVITE_KIND = "tin"
 INVITATION_LIFETIME = dt.timedelta(days=7)
+MAX_INVITATION_LIFETIME = dt.timedelta(days=30)
 
 
 class AlreadyMember(ValueError):
@@ -188,11 +200,19 @@ def _open(s: Session, space_id: str, email: str) -> list[SpaceInvitation]:
 
 
 def invite(
-    s: Session, space_id: str, email: str, role: str, inviter_id: str | None, now: dt.datetime
+    s: Session,
+    space_id: str,
+    email: str,
+    role: str,
+    inviter_id: str | None,
+    now: dt.datetime,
+    lifetime: dt.timedelta = INVITATION_LIFETIME,
 ) -> tuple[str, SpaceInvitation]:
     """Invite `email` to a Space with `role`, whether or not an account has
-    that email yet (the answer must not tell). A new invitation replaces an
-    open one to the same email. Returns (token, invitation)."""
+    that email yet (the answer must not tell), valid for `lifetime`. A new
+    invitation replaces an open one to the same email. Returns (token, invitation)."""
+    if not dt.timedelta(seconds=1) <= lifetime <= MAX_INVITATION_LIFETIME:
+        raise ValueError(f"an invitation lasts 1 second to {MAX_INVITATION_LIFETIME.days} days")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     email = normalize_email(email)
@@ -216,7 +236,7 @@ def invite(
         prefix=prefix,
         token_hash=sha256_hex(token),
         created_at=now,
-        expires_at=now + INVITATION_LIFETIME,
+        expires_at=now + lifetime,
     )
     s.add(inv)
     s.flush()
@@ -268,14 +288,24 @@ def invitation_for(s: Session, invitation_id: str, email: str) -> SpaceInvitatio
     return inv if inv is not None and inv.email == normalize_email(email) else None
 
 
-def invitation_by_token(s: Session, token: str, email: str) -> SpaceInvitation | None:
+def invitation_by_link(s: Session, token: str, lock: bool = False) -> SpaceInvitation | None:
+    """The invitation whose token this is, in any state; None for a wrong or
+    malformed token. Found by its public prefix, then the whole token's hash
+    compared in constant time. `lock`: its row locked (PostgreSQL; SQLite's
+    write transaction is serial already), so two answers at once use it once."""
     prefix = token_prefix(token, INVITE_KIND) if token.isprintable() else None
     inv = None
     if prefix is not None:
-        inv = s.scalar(select(SpaceInvitation).where(SpaceInvitation.prefix == prefix))
+        query = select(SpaceInvitation).where(SpaceInvitation.prefix == prefix)
+        inv = s.scalar(query.with_for_update() if lock else query)
     if inv is None or not same_hash(token, inv.token_hash):
         return None
-    return inv if inv.email == normalize_email(email) else None
+    return inv
+
+
+def invitation_by_token(s: Session, token: str, email: str) -> SpaceInvitation | None:
+    inv = invitation_by_link(s, token)
+    return inv if inv is not None and inv.email == normalize_email(email) else None
 
 
 def invitation_parties(s: Session, inv: SpaceInvitation) -> tuple[str, str | None]:
@@ -303,20 +333,43 @@ def accept(s: Session, inv: SpaceInvitation, user: User, now: dt.datetime) -> No
     s.flush()
 
 
+class AccountExists(Exception):
+    """The invited email has an account: it signs in and accepts instead."""
+
+
+def join_with_new_account(
+    s: Session, inv: SpaceInvitation, name: str, password_hash: str, now: dt.datetime
+) -> User:
+    """The invitee of an open invitation without an account sets a name and a
+    password (hashed by the caller, outside the transaction): the account is
+    made only now, as a member with the invited role, and the invitation is
+    used up. AccountExists when the email has an account by now."""
+    _answerable(inv, now)
+    if s.scalar(select(User.id).where(User.email == inv.email)) is not None:
+        raise AccountExists(inv.email)
+    user = User(email=inv.email, name=check_name(name, "your"), password_hash=password_hash)
+    s.add(user)
+    s.flush()
+    accept(s, inv, user, now)
+    return user
+
+
 def decline(s: Session, inv: SpaceInvitation, now: dt.datetime) -> None:
     _answerable(inv, now)
     inv.declined_at = now
 
 
-def revoke_invitation(s: Session, space_id: str, invitation_id: str, now: dt.datetime) -> bool:
-    """Withdraw an open invitation of a Space; False if there is none by that id."""
+def revoke_invitation(
+    s: Session, space_id: str, invitation_id: str, now: dt.datetime
+) -> SpaceInvitation | None:
+    """Withdraw an open invitation of a Space; None if there is none by that id."""
     inv = _invitation(s, invitation_id)
     if inv is None or inv.space_id != space_id:
-        return False
+        return None
     if invitation_state(inv, now) not in ("pending", "expired"):
-        return False
+        return None
     inv.revoked_at = now
-    return True
+    return inv
 
 
 def admin_count(s: Session, space_id: str) -> int:

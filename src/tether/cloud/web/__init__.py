@@ -50,6 +50,8 @@ def routes() -> list[BaseRoute]:
         Route("/invitations", invitations.invitations_page, methods=get),
         Route("/invitations/{invitation_id}/accept", invitations.accept, methods=post),
         Route("/invitations/{invitation_id}/decline", invitations.decline, methods=post),
+        Route("/invite/{token}", invitations.link_page, methods=get),
+        Route("/invite/{token}", invitations.link_join, methods=post),
         Route(sp, pages.space_home, methods=get),
         Route(room, pages.room_page, methods=get),
         Route(room + "/nodes.json", pages.room_nodes_json, methods=get),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hmac
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -187,6 +188,26 @@ def field(form: FormData, name: str) -> str:
 
 def new_login_csrf() -> str:
     return secrets.token_urlsafe(24)
+
+
+def set_form_csrf(request: Request, response: Response, cookie: str, token: str, path: str) -> None:
+    """CSRF for a form used before there is a session (sign-in, an invite
+    link): the form must echo this cookie, which another site cannot read."""
+    response.set_cookie(
+        cookie,
+        token,
+        max_age=3600,
+        httponly=True,
+        secure=not request.app.state.settings.insecure_http,
+        samesite="strict",
+        path=path,
+    )
+
+
+def form_csrf_ok(request: Request, form: FormData, name: str, cookie: str) -> bool:
+    """Whether the form's `name` field echoes the cookie set by `set_form_csrf`."""
+    sent, kept = field(form, name), request.cookies.get(cookie, "")
+    return bool(sent and kept and hmac.compare_digest(sent, kept))
 
 
 T = TypeVar("T")

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tether.cloud import space_ops
+from tether.cloud import invite_mail, space_ops
+from tether.cloud.auth import Principal
 from tether.cloud.models import Space, utcnow
-from tether.cloud.secrets import iso
+from tether.cloud.secrets import SecretBox, aware, iso
 from tether.cloud.store import claim_tokens
 from tether.cloud.store import spaces as space_store
 from tether.cloud.web.common import (
@@ -24,11 +27,10 @@ from tether.cloud.web.common import (
     signed_in,
     space_page,
 )
+from tether.cloud.web.connect import cloud_url
 
 FLASH = {
-    "member-invited": "Invitation made. They become a member when they accept it: "
-    "after signing in with that email, on their home page.",
-    "invitation-revoked": "Invitation withdrawn.",
+    "invitation-revoked": "Invitation revoked: its link no longer works.",
     "member-changed": "Role changed.",
     "member-removed": "Member removed.",
     "room-created": "War Room created.",
@@ -40,12 +42,24 @@ FLASH = {
 }
 
 
+# How long an invitation made on the page lasts (the API takes any "expires_in").
+INVITE_EXPIRY = {"1 day": 86400, "7 days": 7 * 86400, "30 days": 30 * 86400}
+
+
 @page
 async def manage_page(request: Request) -> Response:
+    return await _manage(request, {})
+
+
+async def _manage(request: Request, extra: dict[str, Any]) -> Response:
     user = await signed_in(request)
+    box: SecretBox = request.app.state.secret_box
 
     def fill(s: Session, space: Space, role: str) -> dict[str, Any]:
-        ctx: dict[str, Any] = {"title": f"Manage {space.name}"}
+        ctx: dict[str, Any] = {"title": f"Manage {space.name}", **extra}
+        ctx["invite_expiry"] = list(INVITE_EXPIRY)
+        mail = invite_mail.smtp_of(s, box, space.id) if role == "admin" else None
+        ctx["invite_mail_channel"] = mail.channel_name if mail else None
         ctx["members"] = [
             {
                 "user_id": u.id,
@@ -65,6 +79,7 @@ async def manage_page(request: Request) -> Response:
                 "role": i.role,
                 "state": space_store.invitation_state(i, now),
                 "expires_at": iso(i.expires_at),
+                "invited_by": space_store.invitation_parties(s, i)[1] or "a former member",
             }
             for i in (space_store.invitations_of_space(s, space.id) if role == "admin" else [])
         ]
@@ -86,12 +101,58 @@ async def manage_page(request: Request) -> Response:
 BACK = "/spaces/{space_id}/manage?done="
 
 
-def _invite(p: Post) -> None:
-    """Invite by email: the same answer whether or not the account exists."""
-    try:
-        space_ops.invite(p.s, p.user, p.sid, p.field("email"), p.field("role") or "member")
-    except space_store.AlreadyMember as exc:
-        raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") from None
+@page
+async def add_member(request: Request) -> Response:
+    """Invite by email (the same answer whether or not the account exists);
+    the page shows the invite link, once: only its hash is kept. With
+    "email_link" it is also sent through the Space's email channel."""
+    sid = request.path_params["space_id"]
+    box: SecretBox = request.app.state.secret_box
+
+    def make(s: Session, user: Principal, form: FormData) -> dict[str, Any]:
+        expiry = field(form, "expires") or "7 days"
+        if expiry not in INVITE_EXPIRY:
+            raise UiError(400, f"Choose an expiry: {', '.join(INVITE_EXPIRY)}.")
+        email, role = field(form, "email"), field(form, "role") or "member"
+        try:
+            token, inv = space_ops.invite(s, user, sid, email, role, INVITE_EXPIRY[expiry])
+        except space_store.AlreadyMember as exc:
+            raise UiError(409, f"{str(exc).capitalize()}; change their role in the list.") from None
+        space_name, inviter = space_store.invitation_parties(s, inv)
+        return {
+            "token": token,
+            "prefix": inv.prefix,
+            "email": inv.email,
+            "role": inv.role,
+            "space_name": space_name,
+            "inviter": inviter or user.email,
+            "expires_at": aware(inv.expires_at).strftime("%Y-%m-%d %H:%M UTC"),
+            "smtp": invite_mail.smtp_of(s, box, sid) if field(form, "email_link") else None,
+        }
+
+    made = await posted(request, make)
+    link = space_ops.invite_url(cloud_url(request), made["token"])
+    extra: dict[str, Any] = {"invite_link": link, "invite_email": made["email"]}
+    smtp: invite_mail.Smtp | None = made["smtp"]
+    if smtp is not None:  # after the commit, outside any transaction
+        failed = await run_in_threadpool(
+            invite_mail.send,
+            smtp,
+            made["prefix"],
+            made["email"],
+            made["space_name"],
+            made["inviter"],
+            made["role"],
+            link,
+            made["expires_at"],
+        )
+        extra["invite_mailed"] = (
+            f"Also emailed to {made['email']} through {smtp.channel_name}."
+            if failed is None
+            else f"Could not email it through {smtp.channel_name} ({failed}); "
+            "send the link yourself."
+        )
+    return await _manage(request, extra)
 
 
 def _rotate(p: Post) -> None:
@@ -100,7 +161,6 @@ def _rotate(p: Post) -> None:
     space_ops.rotate_claim_token(p.s, p.box, p.user, p.sid)
 
 
-add_member = action(BACK + "member-invited", _invite)
 revoke_invitation = action(
     BACK + "invitation-revoked",
     lambda p: space_ops.revoke_invitation(p.s, p.user, p.sid, p.param("invitation_id")),

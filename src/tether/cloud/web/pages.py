@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -14,7 +13,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.cloud import auth, node_list, planned_stops, space_ops
+from tether.cloud import auth, child_fields, node_list, planned_stops, space_ops
 from tether.cloud.auth import Principal
 from tether.cloud.client import client_address
 from tether.cloud.errors import ApiError
@@ -29,6 +28,7 @@ from tether.cloud.web.common import (
     LOGIN_CSRF_COOKIE,
     UiError,
     field,
+    form_csrf_ok,
     form_of,
     in_db,
     member_space,
@@ -39,6 +39,7 @@ from tether.cloud.web.common import (
     redirect,
     render,
     room_counts,
+    set_form_csrf,
     signed_in,
 )
 from tether.protocol.states import NodeState
@@ -54,6 +55,17 @@ RANGE_NAMES = {
     "6h": "6 hours",
     "24h": "24 hours",
 }
+DEFAULT_RANGE = "5m"
+
+
+def chosen_range(request: Request, *, custom: bool = False) -> tuple[str, int]:
+    """The time range a chart page's `?range=` asks for and its seconds: one of
+    RANGES (or `custom`, where the page offers its own from/to; it starts at
+    the default's seconds), anything else the default."""
+    key = request.query_params.get("range", DEFAULT_RANGE)
+    if key not in RANGES and not (custom and key == "custom"):
+        key = DEFAULT_RANGE
+    return key, RANGES.get(key, RANGES[DEFAULT_RANGE])
 
 
 def safe_next(value: str | None) -> str:
@@ -103,6 +115,7 @@ def node_view(
         # Issue 13: "planned: upgrade, expected back at 14:05 UTC"; a refused clone.
         "planned": planned_stops.text(node),
         "clone_conflict": clones.text(node),
+        "via": child_fields.parent_hostname(node),  # a child: "via PARENT"
     }
 
 
@@ -157,25 +170,15 @@ def _signin_page(request: Request, error: str, status: int, email: str = "") -> 
         },
         status,
     )
-    # Login CSRF: the form must echo this cookie, which another site cannot read.
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        max_age=3600,
-        httponly=True,
-        secure=not request.app.state.settings.insecure_http,
-        samesite="strict",
-        path="/signin",
-    )
+    set_form_csrf(request, response, LOGIN_CSRF_COOKIE, token, "/signin")
     return response
 
 
 @page
 async def signin(request: Request) -> Response:
     form = await request.form()
-    email, password, sent = field(form, "email"), form.get("password"), field(form, "login_csrf")
-    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not sent or not cookie or not hmac.compare_digest(sent, cookie):
+    email, password = field(form, "email"), form.get("password")
+    if not form_csrf_ok(request, form, "login_csrf", LOGIN_CSRF_COOKIE):
         return _signin_page(request, "The sign-in form expired; please try again.", 403, email)
     if not email or not isinstance(password, str) or not password:
         return _signin_page(request, "Enter your email and password.", 400, email)
@@ -279,8 +282,10 @@ def room_nodes(
     found, total = node_store.list_page(s, space.id, scope, query)
     shared = node_store.shared_hostnames(s, space.id, [n.hostname for n in found])
     back = node_store.expected_back(s, found)
+    worst = node_store.severities(s, space.id, [n.id for n in found])
     nodes = [
         node_view(n, space.id, shared_name=n.hostname in shared, expected_back=back.get(n.id))
+        | {"alert_severity": worst.get(n.id, "clear")}
         for n in found
     ]
     facets = node_store.facets(s, space.id, scope) if with_facets else {}
@@ -325,13 +330,14 @@ async def room_page(request: Request) -> Response:
             listing=listing,
             query=query,
             states=node_list.STATES,
+            severities=node_list.SEVERITIES,
             sorts=SORT_COLUMNS,
             view_url=lambda **changes: view_url(query, **changes),
             space_node_count=sum(r["node_count"] for r in ctx["rooms"] if r["is_all_nodes"]),
         )
         return ctx
 
-    ctx = await in_db(request, load)
+    ctx = await in_db(request, load)  # a `room` not of the Space: 400 (a ValueError)
     return render(request, "room.html", ctx)
 
 
@@ -349,6 +355,7 @@ def view_url(query: node_list.NodeQuery, **changes: str | int) -> str:
 SORT_COLUMNS = [
     ("Node", "name"),
     ("State", "state"),
+    ("Alerts", "severity"),
     ("Since", "state_since"),
     ("Last seen", "last_seen"),
     ("Connected from", ""),
@@ -374,10 +381,14 @@ async def room_nodes_json(request: Request) -> Response:
     with_facets = request.query_params.get("facets") == "1"
 
     def load(s: Session) -> dict[str, Any]:
-        found = room_nodes(s, user, sid, rid, query, with_facets)
+        try:
+            found = room_nodes(s, user, sid, rid, query, with_facets)
+        except node_list.BadQuery as exc:  # a `room` that is not one of the Space's
+            return {"errorMsgKey": "ErrBadRequest", "errorMessage": str(exc)}
         return {**found["listing"], "room_counts": room_counts(s, found["space"].id)}
 
-    return JSONResponse(await in_db(request, load))
+    data = await in_db(request, load)
+    return JSONResponse(data, 400 if "errorMsgKey" in data else 200)
 
 
 @page
@@ -423,9 +434,7 @@ async def add_nodes(request: Request) -> Response:
 async def node_page(request: Request) -> Response:
     user = await signed_in(request)
     sid, nid = request.path_params["space_id"], request.path_params["node_id"]
-    range_key = request.query_params.get("range", "5m")
-    if range_key not in RANGES and range_key != "custom":
-        range_key = "5m"
+    range_key, range_seconds = chosen_range(request, custom=True)
 
     def load(s: Session) -> dict[str, Any]:
         space, role = member_space(s, user, sid)
@@ -445,7 +454,7 @@ async def node_page(request: Request) -> Response:
     ctx = await in_db(request, load)
     ctx.update(
         range_key=range_key,
-        range_seconds=RANGES.get(range_key, 300),
+        range_seconds=range_seconds,
         ranges=list(RANGES.items()),
         range_names=RANGE_NAMES,
     )

@@ -13,16 +13,14 @@ from starlette.responses import Response
 from tether.cloud import space_ops
 from tether.cloud.composite import COMPOSITES
 from tether.cloud.web.common import in_db, member_space, nav, page, render, signed_in
-from tether.cloud.web.pages import RANGES  # the node page's time ranges, the same here
+from tether.cloud.web.pages import RANGES, chosen_range  # the node page's time ranges
 
 
 @page
 async def overview_page(request: Request) -> Response:
     user = await signed_in(request)
     sid, rid = request.path_params["space_id"], request.path_params["room_id"]
-    range_key = request.query_params.get("range", "5m")
-    if range_key not in RANGES:
-        range_key = "5m"
+    range_key, range_seconds = chosen_range(request)
 
     def load(s: Session) -> dict[str, Any]:
         space, role = member_space(s, user, sid)
@@ -35,7 +33,7 @@ async def overview_page(request: Request) -> Response:
                 {"key": k, "title": c.title, "units": c.units} for k, c in COMPOSITES.items()
             ],
             range_key=range_key,
-            range_seconds=RANGES[range_key],
+            range_seconds=range_seconds,
             ranges=list(RANGES),
         )
         return ctx

@@ -30,9 +30,14 @@
     const p = new URLSearchParams();
     const q = search.value.trim();
     if (q) p.set("q", q);
-    for (const [name, id] of [["state", "filter-state"], ["os", "filter-os"], ["agent_version", "filter-agent"]]) {
+    for (const [name, id] of [["state", "filter-state"], ["os", "filter-os"], ["agent_version", "filter-agent"],
+                              ["room", "filter-room"], ["severity", "filter-severity"]]) {
       const v = document.getElementById(id).value;
       if (v) p.set(name, v);
+    }
+    for (const input of form.querySelectorAll("input.filter-label")) { // repeated: all must hold
+      const v = input.value.trim();
+      if (v) p.append("label", v);
     }
     if (sortState.sort !== "name") p.set("sort", sortState.sort);
     if (sortState.order !== "asc") p.set("order", sortState.order);
@@ -90,11 +95,14 @@
       suffix.title = n.host_details;
       name.append(" ", suffix);
     }
+    if (n.via) name.append(" ", el("small", "via", "via " + n.via)); // a child (text only)
     tr.appendChild(name);
     const st = cell("State", el("span", "state state-" + n.state, n.unreachable ? "unreachable" : "live"));
     if (n.state_cause) st.append(" ", el("small", "cause", n.state_cause));
     if (n.duplicate) st.append(el("small", "duplicate", n.duplicate));
     tr.appendChild(st);
+    const sev = n.alert_severity || "clear";
+    tr.appendChild(cell("Alerts", el("span", "severity severity-" + sev, sev === "clear" ? "—" : sev)));
     const since = el("small", "since", n.state + " since " + window.tetherAgo(n.state_since));
     since.dataset.since = n.state_since;
     since.dataset.state = n.state;
@@ -213,13 +221,16 @@
     }
   }
 
+  // Typed filters (search, labels) are fetched 250 ms after the last key.
   let typing = null;
-  search.addEventListener("input", () => {
+  const typed = (e) => e.target === search || e.target.classList.contains("filter-label");
+  form.addEventListener("input", (e) => {
+    if (!typed(e)) return;
     clearTimeout(typing);
     typing = setTimeout(() => { sortState.page = 1; load(); }, 250);
   });
   form.addEventListener("change", (e) => {
-    if (e.target === search) return;
+    if (typed(e)) return;
     sortState.page = 1;
     load(true);
   });
