@@ -10,131 +10,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.agent import AgentLauncher, RunningAgent
-from tests.fixtures.certs import Issued, issue
+from tests.fixtures.children import (
+    ALL_LIVE,
+    GRACE,
+    RESTART_GRACE,
+    WAIT,
+    Setup,
+    parent_with_three_children,
+)
 from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import free_port, poll
-from tests.fixtures.linked import Linked, cloud_args, run_claim, trust
-from tests.fixtures.streaming import KEYS, fake_host_root
+from tests.fixtures.linked import run_claim, trust
 from tests.fixtures.ui import session_client
 from tether.paths import AgentPaths
-
-WAIT = 60.0
-GRACE = 4.0  # the Space's alert grace: short, so "one alert" is seen quickly
-RESTART_GRACE = 60.0
-
-
-@dataclass
-class Setup:
-    cloud: Cloud
-    launch: AgentLauncher
-    certs: Issued
-    stream_port: int
-    parent: Linked
-    children: dict[str, RunningAgent]
-    tmp: pytest.TempPathFactory
-
-    def parent_conf(self) -> dict[str, dict[str, str]]:
-        return {
-            "global": {"hostname": "the-parent"},
-            "stream": {
-                "enabled": "yes",
-                "api keys": KEYS,
-                "bind": f"127.0.0.1:{self.stream_port}",
-                "ssl certificate": str(self.certs.cert_file),
-                "ssl key": str(self.certs.key_file),
-            },
-        }
-
-    def start_child(self, name: str, boot_id: str, prefix: Path | None = None) -> RunningAgent:
-        conf = {
-            "global": {"hostname": name},
-            "stream": {
-                "destination": f"127.0.0.1:{self.stream_port}",
-                "api key": KEYS.split()[0],
-                "ssl ca file": str(self.certs.ca_file),
-            },
-        }
-        root = fake_host_root(self.tmp.mktemp("root"), boot_id)
-        child = self.launch(prefix=prefix, config=conf, env={"TETHER_HOST_ROOT": str(root)})
-        self.children[name] = child
-        return child
-
-    def nodes(self) -> dict[str, dict[str, Any]]:
-        r = self.cloud.api("GET", f"/api/v1/spaces/{self.cloud.space_id}/nodes")
-        assert r.status_code == 200, r.text
-        return {n["hostname"]: n for n in r.json()}
-
-    def states(self) -> dict[str, str]:
-        return {name: n["state"] for name, n in self.nodes().items()}
-
-    def alerts(self) -> list[dict[str, Any]]:
-        r = self.cloud.api("GET", f"/api/v1/spaces/{self.cloud.space_id}/alerts")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        found = body["alerts"] if isinstance(body, dict) else body
-        # Reachability only: a busy test machine may raise the agents' own CPU alerts.
-        return [a for a in found if a["name"] == "reachability"]
-
-    def set_grace(self, seconds: float) -> None:
-        r = self.cloud.api(
-            "PUT",
-            f"/api/v1/spaces/{self.cloud.space_id}/alert-grace",
-            json={"grace_seconds": seconds},
-        )
-        assert r.status_code == 200, r.text
-
-    def raised_ever(self) -> dict[str, int]:
-        """hostname -> reachability alerts ever raised for it (resolved ones too)."""
-        out = {}
-        for name, node in self.nodes().items():
-            path = f"/api/v1/spaces/{self.cloud.space_id}/nodes/{node['id']}/alert-history"
-            r = self.cloud.api("GET", path)
-            assert r.status_code == 200, r.text
-            out[name] = sum(
-                1 for e in r.json() if e["source"] == "cloud" and e["old_status"] == "clear"
-            )
-        return out
-
-    def wait_states(self, want: dict[str, str], what: str) -> float:
-        began = time.monotonic()
-        poll(lambda: all(self.states().get(k) == v for k, v in want.items()), WAIT, what, 0.1)
-        return time.monotonic() - began
-
-
-ALL_LIVE = {"the-parent": "live", "child-0": "live", "child-1": "live", "child-2": "live"}
 
 
 @pytest.fixture
 def setup(
     start_cloud: Callable[..., Cloud], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
-    cloud = start_cloud(*cloud_args())
-    launch = AgentLauncher(tmp_path_factory)
-    certs = issue(tmp_path_factory.mktemp("certs"), "parent")
-    s = Setup(cloud, launch, certs, free_port(), None, {}, tmp_path_factory)  # type: ignore[arg-type]
-    try:
-        s.set_grace(GRACE)
-        parent = launch(config=s.parent_conf())
-        trust(parent.prefix, cloud)
-        claim = run_claim(parent.prefix, cloud)
-        assert claim.returncode == 0, claim.stdout + claim.stderr
-        s.parent = Linked(cloud, parent, parent.paths.claimed_id_file.read_text().strip())
-        s.parent.wait_state("live", WAIT)
-        for i in range(3):
-            s.start_child(f"child-{i}", f"00000000-0000-4000-8000-00000000000{i}")
-        # From when the last child's agent answers its API (each streams from its start).
-        took = s.wait_states(ALL_LIVE, "the parent and its three children live in the Cloud")
-        print(f"all four live in the Cloud {took:.2f} s after the last child started")
+    with parent_with_three_children(start_cloud, tmp_path_factory) as s:
         yield s
-    finally:
-        launch.stop_all()
 
 
 def _relay(s: Setup, node_id: str, path: str, **params: Any) -> Any:

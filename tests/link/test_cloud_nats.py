@@ -62,7 +62,7 @@ def test_a_browser_on_one_process_reads_a_node_linked_to_the_other(
         await asyncio.to_thread(poll, lambda: peer.state() == "offline", 25, "offline via A")
         print(f"offline {time.monotonic() - t0:.1f} s after its Cloud process was killed")
         node = await asyncio.to_thread(peer.node)
-        assert "Cloud process stopped" in node["state_cause"]
+        assert "Cloud process lost" in node["state_cause"]
         r = await asyncio.to_thread(a.api, "GET", f"{base}/info")
         assert r.status_code == 503
 
