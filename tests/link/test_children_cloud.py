@@ -99,6 +99,18 @@ def test_children_are_nodes_of_the_parents_space_reached_through_its_link(setup:
     queries = s.parent.aclk()["queries_answered"]
     assert queries >= 2  # the parent's link answered them
 
+    # The room overview's composite asks each child through its parent too.
+    room = nodes["child-1"]["rooms"][0]
+
+    def drawn() -> set[str]:
+        r = s.cloud.api(
+            "GET", f"/api/v2/rooms/{room}/composite", params={"chart": "cpu", "after": -60}
+        )
+        assert r.status_code == 200, r.text
+        return {n["hostname"] for n in r.json()["nodes"] if any(v is not None for v in n["values"])}
+
+    poll(lambda: set(ALL_LIVE) <= drawn(), WAIT, "every child drawn in the composite", 0.5)
+
     # Killing a child makes only it offline.
     s.children["child-2"].proc.kill()
     took = s.wait_states(

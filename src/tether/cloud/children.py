@@ -306,14 +306,20 @@ def cached_route(node_id: str, now: float) -> tuple[bool, Route]:
     return False, None
 
 
+def route_of(parent_id: str | None, child_key: str | None) -> Route:
+    """Where a node's queries go, from its row: (parent's node id, `/host/CHILD`)
+    for a child, None for a node with its own link."""
+    if parent_id is None or not child_key:
+        return None
+    return str(parent_id), f"/host/{child_key}"
+
+
 def route(db: Database, node_id: str, now: float) -> Route:
     """For a child: (its parent's node id, the path prefix `/host/CHILD`) its
     queries take; None for a node with its own link. `now`: monotonic seconds."""
     with db.session() as s:
         row = s.execute(select(Node.parent_id, Node.child_key).where(Node.id == node_id)).first()
-    found: Route = None
-    if row is not None and row.parent_id is not None and row.child_key:
-        found = str(row.parent_id), f"/host/{row.child_key}"
+    found = route_of(row.parent_id, row.child_key) if row is not None else None
     if len(_routes) >= MAX_ROUTES:
         _routes.clear()
     _routes[node_id] = (now, found)

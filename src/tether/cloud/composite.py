@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tether.cloud import children
 from tether.cloud.auth import require_user
 from tether.cloud.db import Database
 from tether.cloud.errors import error_response, not_found
@@ -98,9 +99,12 @@ def _flights(app: Any) -> dict[tuple[str, str, int, int, int], asyncio.Future[di
     return flights
 
 
-def _room_nodes(db: Database, user_id: str, room_id: str) -> list[tuple[str, str, str]] | None:
-    """(id, hostname, state) of the room's nodes if `user_id` is a member of
-    its Space, else None."""
+# (id, hostname, state, route): a child's queries go through its parent's link.
+RoomNode = tuple[str, str, str, children.Route]
+
+
+def _room_nodes(db: Database, user_id: str, room_id: str) -> list[RoomNode] | None:
+    """The room's nodes if `user_id` is a member of its Space, else None."""
     with db.session() as s:
         room = s.execute(
             select(Room.id, Room.space_id, Room.is_all_nodes).where(
@@ -109,10 +113,15 @@ def _room_nodes(db: Database, user_id: str, room_id: str) -> list[tuple[str, str
         ).first()
         if room is None:
             return None
-        q = select(Node.id, Node.hostname, Node.state).where(Node.space_id == room.space_id)
+        q = select(Node.id, Node.hostname, Node.state, Node.parent_id, Node.child_key).where(
+            Node.space_id == room.space_id
+        )
         if not room.is_all_nodes:  # the all-nodes room holds every node of its Space
             q = q.join(NodeRoom, NodeRoom.node_id == Node.id).where(NodeRoom.room_id == room.id)
-        return [(r.id, r.hostname, r.state) for r in s.execute(q.order_by(Node.hostname, Node.id))]
+        return [
+            (r.id, r.hostname, r.state, children.route_of(r.parent_id, r.child_key))
+            for r in s.execute(q.order_by(Node.hostname, Node.id))
+        ]
 
 
 def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -126,11 +135,16 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-async def _ask(app: Any, node_id: str, path: str, query: str, within: float) -> Any:
-    """One query to one node through the relay: its JSON answer, or Missed."""
+async def _ask(
+    app: Any, node_id: str, via: children.Route, path: str, query: str, within: float
+) -> Any:
+    """One query to one node through the relay (a child's through its
+    parent's link): its JSON answer, or Missed."""
     router: Router = app.state.router
+    target, prefix = via if via is not None else (node_id, "")
+    request = QueryRequest(id=0, path=prefix + path, query=query)
     try:
-        answer = await router.request(node_id, QueryRequest(id=0, path=path, query=query), within)
+        answer = await router.request(target, request, within)
     except NodeNotConnected:
         raise Missed("not connected to the Cloud right now") from None
     except RelayTimeout:
@@ -202,7 +216,13 @@ def _data_query(chart: str, after: int, points: int, dims: tuple[str, ...] | Non
 
 
 async def _node_series(
-    app: Any, node_id: str, spec: Composite, after: int, points: int, deadline: float
+    app: Any,
+    node_id: str,
+    via: children.Route,
+    spec: Composite,
+    after: int,
+    points: int,
+    deadline: float,
 ) -> dict[int, float]:
     """One node's part: its series summed over the chart's instances."""
     loop = asyncio.get_running_loop()
@@ -216,12 +236,12 @@ async def _node_series(
 
     if not spec.per_instance:
         q = _data_query(spec.context, after, points, spec.dimensions)
-        answer = await _ask(app, node_id, "/api/v1/data", q, left())
+        answer = await _ask(app, node_id, via, "/api/v1/data", q, left())
         series = _series(answer, spec.dimensions, False)
         if not series:
             raise Missed(f"sent no values of {spec.context} in this range")
         return series
-    listing = await _ask(app, node_id, "/api/v1/charts", "", left())
+    listing = await _ask(app, node_id, via, "/api/v1/charts", "", left())
     charts = listing.get("charts") if isinstance(listing, dict) else None
     if not isinstance(charts, dict):
         raise Missed("sent a chart list without charts")
@@ -234,7 +254,7 @@ async def _node_series(
         raise Missed(f"has no {spec.context} chart")
     parts = await asyncio.gather(
         *(
-            _ask(app, node_id, "/api/v1/data", _data_query(cid, after, points, None), left())
+            _ask(app, node_id, via, "/api/v1/data", _data_query(cid, after, points, None), left())
             for cid in ids
         )
     )
@@ -307,7 +327,7 @@ async def composite(request: Request) -> Response:
 
 async def _fan_out(
     app: Any,
-    nodes: list[tuple[str, str, str]],
+    nodes: list[RoomNode],
     key: str,
     spec: Composite,
     after: int,
@@ -317,19 +337,21 @@ async def _fan_out(
     """Ask every live node of `nodes` in parallel; the composite's answer."""
     deadline = deadline_ms / 1000
     started = time.monotonic()
-    live = [(nid, host) for nid, host, state in nodes if state == NodeState.LIVE]
+    live = [(nid, via) for nid, _, state, via in nodes if state == NodeState.LIVE]
     gate = _gate(app)
     found: dict[str, dict[int, float]] = {}
     missed: dict[str, str] = {}
 
-    async def one(node_id: str) -> None:
+    async def one(node_id: str, via: children.Route) -> None:
         async with gate:
             try:
-                found[node_id] = await _node_series(app, node_id, spec, after, points, deadline)
+                found[node_id] = await _node_series(
+                    app, node_id, via, spec, after, points, deadline
+                )
             except Missed as exc:
                 missed[node_id] = str(exc)
 
-    tasks = [asyncio.ensure_future(one(nid)) for nid, _ in live]
+    tasks = [asyncio.ensure_future(one(nid, via)) for nid, via in live]
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=OVERALL)
         for task in pending:
@@ -339,7 +361,7 @@ async def _fan_out(
         if nid not in found and nid not in missed:
             missed[nid] = f"not asked within the composite's {OVERALL:g} s"
     times, step, values = _grid(found, after, points)
-    hostnames = {nid: host for nid, host, _ in nodes}
+    hostnames = {nid: host for nid, host, _, _ in nodes}
     return {
         "chart": key,
         "title": spec.title,
@@ -362,7 +384,7 @@ async def _fan_out(
         ],
         "not_live": [
             {"id": nid, "hostname": host, "state": state}
-            for nid, host, state in nodes
+            for nid, host, state, _ in nodes
             if state != NodeState.LIVE
         ],
         "asked": len(live),
