@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,12 +18,13 @@ import httpx
 import pytest
 
 from tests.fixtures.api import claim
-from tests.fixtures.cloud import PG_ENV, Cloud, _create_pg_database
+from tests.fixtures.cloud import Cloud
 from tests.fixtures.common import poll
+from tests.fixtures.database import migrated_database
 from tests.fixtures.peer import FAST, Peer, link_up
 from tests.fixtures.ui import make_member, session_client
 from tether.cloud import node_list
-from tether.cloud.db import Database, migrate
+from tether.cloud.db import Database
 from tether.cloud.models import Alert, Node, NodeEvent, Room, User, utcnow
 from tether.cloud.node_list import BadQuery, parse
 from tether.cloud.store import labels as label_store
@@ -123,18 +123,8 @@ def test_label_room_and_severity_parameters() -> None:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    drop = None
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    if os.environ.get(PG_ENV):
-        url, drop = _create_pg_database(os.environ[PG_ENV])
-    database = Database(url)
-    try:
-        migrate(database.engine)
+    with migrated_database(tmp_path) as database:
         yield database
-    finally:
-        database.dispose()
-        if drop:
-            drop()
 
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
